@@ -1,0 +1,42 @@
+"""Publish a request to its lane as one Celery task, scored by the queue policy."""
+
+from __future__ import annotations
+
+import redis
+
+from api.errors import APIError
+from broker import keys
+from broker.messages import GenerationRequest
+from broker.transport import SCORE_HEADER
+from workers.tasks import TASK_NAME
+
+REQUEST_STATE_TTL_S = 24 * 3600
+
+
+class Enqueuer:
+    def __init__(self, celery_app, client: redis.Redis, admission_limits: dict[str, int], retry_after_s: int):
+        self.celery_app = celery_app
+        self.client = client
+        self.admission_limits = admission_limits
+        self.retry_after_s = retry_after_s
+
+    def lane_depths(self, lanes) -> dict[str, int]:
+        with self.client.pipeline(transaction=False) as pipe:
+            for lane in lanes:
+                pipe.zcard(keys.lane_key(lane))
+            return dict(zip(lanes, pipe.execute()))
+
+    def enqueue(self, request: GenerationRequest) -> None:
+        lane = request.slo
+        limit = self.admission_limits.get(lane)
+        if limit is not None and self.client.zcard(keys.lane_key(lane)) >= limit:
+            raise APIError(429, f"the {lane} lane is full ({limit} queued requests); retry later",
+                           type="rate_limit_error", code="lane_full", headers={"Retry-After": str(self.retry_after_s)})
+        self.client.hset(keys.request_key(request.request_id), mapping={
+            "status": "queued", "lane": lane, "enqueued_at": request.enqueued_at, "score": request.score,
+        })
+        self.client.expire(keys.request_key(request.request_id), REQUEST_STATE_TTL_S)
+        self.celery_app.send_task(
+            TASK_NAME, args=[request.model_dump(mode="json")], task_id=request.request_id,
+            queue=lane, routing_key=lane, headers={SCORE_HEADER: request.score},
+        )

@@ -1,0 +1,1 @@
+"""Redis sorted-set lanes: the queue whose order is the schedule."""

@@ -1,0 +1,47 @@
+"""The Redis key schema, in one place (docs/architecture.md mirrors it)."""
+
+from __future__ import annotations
+
+PREFIX = "sluice"
+
+# Lanes: one sorted set per Celery queue, member = kombu message JSON, score = schedule position.
+LANE = PREFIX + ":lane:{queue}"
+# kombu ack emulation: delivery_tag -> [message, exchange, routing_key] and delivery_tag -> delivered_at.
+UNACKED = PREFIX + ":unacked"
+UNACKED_INDEX = PREFIX + ":unacked_index"
+UNACKED_MUTEX = PREFIX + ":unacked_mutex"
+# delivery_tag -> worker id that holds it, so a dead worker's messages can be found.
+UNACKED_OWNER = PREFIX + ":unacked_owner"
+
+# Workers: heartbeat hash per worker (expires when the worker stops beating) and the registry of ids.
+WORKER = PREFIX + ":worker:{worker_id}"
+WORKERS = PREFIX + ":workers"
+
+# Requests: state hash and the token event stream the API reads.
+REQUEST = PREFIX + ":req:{request_id}"
+REQUEST_EVENTS = PREFIX + ":events:{request_id}"
+
+# Completed-request records (bounded list) for metrics, the scaler and the predictor.
+COMPLETIONS = PREFIX + ":completions"
+
+
+def lane_key(queue: str) -> str:
+    return LANE.format(queue=queue)
+
+
+def queue_of_lane_key(key: str | bytes) -> str:
+    if isinstance(key, bytes):
+        key = key.decode()
+    return key[len(PREFIX + ":lane:"):]
+
+
+def worker_key(worker_id: str) -> str:
+    return WORKER.format(worker_id=worker_id)
+
+
+def request_key(request_id: str) -> str:
+    return REQUEST.format(request_id=request_id)
+
+
+def request_events_key(request_id: str) -> str:
+    return REQUEST_EVENTS.format(request_id=request_id)

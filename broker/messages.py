@@ -1,0 +1,46 @@
+"""What travels through the lanes: one generation request, one Celery task."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class SamplingOptions(BaseModel):
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    ignore_eos: bool = False
+
+
+class GenerationRequest(BaseModel):
+    request_id: str
+    model: str
+    kind: Literal["chat", "completion"]
+    prompt_token_ids: list[int]
+    # Kept only for the predictor's traffic log, and only when configured.
+    prompt_text: str | None = None
+    sampling: SamplingOptions
+    slo: Literal["interactive", "batch"] = "interactive"
+    deadline: float | None = Field(None, description="Unix time by which a batch request must finish.")
+    enqueued_at: float
+    score: float
+    predicted_output_tokens: float | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+
+class RequestTimings(BaseModel):
+    """Per-request latency record; the worker writes it, the API and scaler read it."""
+
+    queue_wait_s: float
+    ttft_s: float | None
+    itl_s: float | None = Field(None, description="Mean inter-token latency after the first token.")
+    e2e_s: float = Field(description="Enqueue to last token.")
+    prompt_tokens: int
+    output_tokens: int

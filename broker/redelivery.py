@@ -1,0 +1,70 @@
+"""Redeliver the requests of workers that died.
+
+kombu's Redis transport only redelivers an unacked message after its
+visibility timeout, which must be longer than the longest generation (hours).
+Sluice workers publish a heartbeat with a short TTL instead; when it lapses,
+every message the worker held goes back to its lane with its original score.
+Any process may run this sweep (the API and every worker do): the restore is a
+WATCH/MULTI transaction, so a message is put back once however many sweepers
+race for it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+
+from broker import keys
+from broker.transport import message_score
+
+log = logging.getLogger(__name__)
+
+
+def dead_owner_tags(client: redis.Redis) -> dict[str, str]:
+    """delivery_tag -> worker id, for unacked messages whose worker has no live heartbeat."""
+    owners = {bytes_to_str(tag): bytes_to_str(owner) for tag, owner in client.hgetall(keys.UNACKED_OWNER).items()}
+    if not owners:
+        return {}
+    distinct = sorted(set(owners.values()))
+    with client.pipeline(transaction=False) as pipe:
+        for worker_id in distinct:
+            pipe.exists(keys.worker_key(worker_id))
+        alive = dict(zip(distinct, pipe.execute()))
+    return {tag: owner for tag, owner in owners.items() if not alive[owner]}
+
+
+def restore_unacked(client: redis.Redis, delivery_tag: str) -> bool:
+    """Put one unacked message back on its lane at its original score; False if it was already gone."""
+    restored = False
+
+    def transaction(pipe):
+        nonlocal restored
+        raw = pipe.hget(keys.UNACKED, delivery_tag)
+        pipe.multi()
+        pipe.zrem(keys.UNACKED_INDEX, delivery_tag)
+        pipe.hdel(keys.UNACKED, delivery_tag)
+        pipe.hdel(keys.UNACKED_OWNER, delivery_tag)
+        restored = False
+        if raw:
+            payload, _exchange, routing_key = loads(bytes_to_str(raw))
+            payload.setdefault("headers", {})["redelivered"] = True
+            payload.get("properties", {}).get("delivery_info", {})["redelivered"] = True
+            # Sluice declares every lane with routing key == queue name.
+            pipe.zadd(keys.lane_key(routing_key), {dumps(payload): message_score(payload)})
+            restored = True
+
+    client.transaction(transaction, keys.UNACKED)
+    return restored
+
+
+def redeliver_from_dead_workers(client: redis.Redis) -> list[str]:
+    """One sweep: restore every message held by a worker whose heartbeat lapsed."""
+    restored = []
+    for tag, owner in dead_owner_tags(client).items():
+        if restore_unacked(client, tag):
+            log.warning("worker %s stopped beating: redelivered message %s", owner, tag)
+            restored.append(tag)
+    return restored

@@ -1,0 +1,164 @@
+"""A kombu transport whose queues are Redis sorted sets.
+
+Built on kombu's Redis transport: everything but the queue data structure
+(connection handling, fanout/pidbox over pub/sub, ack emulation, the async
+event loop integration Celery uses) is kombu's.  What changes:
+
+* publish is ``ZADD lane score message``; the score travels in the message
+  headers (``sluice_score``) so that a redelivered message goes back to the
+  place it had;
+* consume is ``BZPOPMIN lane1 lane2 ...`` with the lanes in an explicit
+  priority order (Redis pops from the first non-empty key in argument order),
+  so a worker always takes the lowest-score message of the highest-priority
+  non-empty lane;
+* each unacked message records which worker holds it, so that the messages of
+  a worker whose heartbeat stopped can be redelivered at once
+  (:mod:`broker.redelivery`) rather than after kombu's visibility timeout.
+"""
+
+from __future__ import annotations
+
+import time
+
+from kombu.transport import TRANSPORT_ALIASES, virtual
+from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+
+from broker import keys
+
+SCORE_HEADER = "sluice_score"
+
+
+def message_score(message: dict) -> float:
+    """The schedule position of a kombu message; arrival time when none was given."""
+    headers = message.setdefault("headers", {})
+    score = headers.get(SCORE_HEADER)
+    if score is None:
+        score = time.time()
+        headers[SCORE_HEADER] = score
+    return float(score)
+
+
+def lane_order(active_queues, lane_priority) -> list[str]:
+    """Active queues, the configured lanes first in their priority order, then the rest by name."""
+    rank = {lane: index for index, lane in enumerate(lane_priority)}
+    return sorted(active_queues, key=lambda queue: (rank.get(queue, len(rank)), queue))
+
+
+class QoS(kombu_redis.QoS):
+    def append(self, message, delivery_tag):
+        delivery = message.delivery_info
+        with self.pipe_or_acquire() as pipe:
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(self.unacked_key, delivery_tag, dumps([message._raw, delivery["exchange"], delivery["routing_key"]]))
+            if self.channel.worker_id:
+                pipe.hset(keys.UNACKED_OWNER, delivery_tag, self.channel.worker_id)
+            pipe.execute()
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def _remove_from_indices(self, delivery_tag, pipe=None):
+        pipe = super()._remove_from_indices(delivery_tag, pipe)
+        return pipe.hdel(keys.UNACKED_OWNER, delivery_tag)
+
+
+class Channel(kombu_redis.Channel):
+    QoS = QoS
+
+    # One sorted set per queue; kombu's priority sub-queues are not used.
+    priority_steps = [0]
+    unacked_key = keys.UNACKED
+    unacked_index_key = keys.UNACKED_INDEX
+    unacked_mutex_key = keys.UNACKED_MUTEX
+    lane_priority: tuple[str, ...] = ("interactive", "batch")
+    worker_id: str | None = None
+
+    from_transport_options = kombu_redis.Channel.from_transport_options + ("lane_priority", "worker_id")
+
+    def _q_for_pri(self, queue, pri):
+        return keys.lane_key(queue)
+
+    def _put(self, queue, message, **kwargs):
+        kwargs.pop("_publish_batch", None)
+        score = message_score(message)
+        with self.conn_or_acquire() as client:
+            client.zadd(keys.lane_key(queue), {dumps(message): score})
+
+    def _get(self, queue):
+        with self.conn_or_acquire() as client:
+            popped = client.zpopmin(keys.lane_key(queue), 1)
+        if not popped:
+            raise virtual.Empty()
+        member, _score = popped[0]
+        return loads(bytes_to_str(member))
+
+    def _size(self, queue):
+        with self.conn_or_acquire() as client:
+            return client.zcard(keys.lane_key(queue))
+
+    def _purge(self, queue):
+        with self.conn_or_acquire() as client:
+            with client.pipeline() as pipe:
+                size, _ = pipe.zcard(keys.lane_key(queue)).delete(keys.lane_key(queue)).execute()
+        return size
+
+    def _brpop_start(self, timeout=None):
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = lane_order(self.active_queues, self.lane_priority)
+        if not queues:
+            return
+        command = ["BZPOPMIN", *[keys.lane_key(queue) for queue in queues], timeout or 0]
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        self.client.connection.send_command(*command)
+
+    def _brpop_read(self, **options):
+        try:
+            try:
+                popped = self.client.parse_response(self.client.connection, "BZPOPMIN", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if not popped:
+                raise virtual.Empty()
+            lane, member = popped[0], popped[1]
+            self.connection._deliver(loads(bytes_to_str(member)), keys.queue_of_lane_key(lane))
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _poll_error(self, type, **options):
+        if type == "BRPOP":
+            type = "BZPOPMIN"
+        return super()._poll_error(type, **options)
+
+    def _do_restore_message(self, payload, exchange, routing_key, pipe, leftmost=False):
+        # Back to the original score, so a redelivered request keeps its place.
+        try:
+            payload["headers"]["redelivered"] = True
+            payload["properties"]["delivery_info"]["redelivered"] = True
+        except KeyError:
+            pass
+        score = message_score(payload)
+        for queue in self._lookup(exchange, routing_key):
+            pipe.zadd(keys.lane_key(queue), {dumps(payload): score})
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+    driver_type = "redis"
+    driver_name = "redis"
+
+    @property
+    def supports_batch_publish(self):
+        return False
+
+
+def register() -> None:
+    """Make ``sluice://`` broker URLs resolve to this transport."""
+    TRANSPORT_ALIASES.setdefault("sluice", "broker.transport:Transport")
+
+
+register()

@@ -1,0 +1,192 @@
+"""The `sluice` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from sluice.config import get_settings
+
+log = logging.getLogger("sluice")
+
+
+def configure_logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def override_settings(**values) -> None:
+    """Flags win over SLUICE_* variables; written to the environment so child processes see them too."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple, dict)):
+            value = json.dumps(list(value) if isinstance(value, tuple) else value)
+        os.environ[f"SLUICE_{name.upper()}"] = str(value)
+    get_settings.cache_clear()
+
+
+def ensure_model() -> Path:
+    """The model directory to serve; builds the default model on first use."""
+    from sluice.model_init import build_default_model, is_model_dir
+
+    settings = get_settings()
+    if settings.model is not None:
+        if not is_model_dir(settings.model):
+            raise click.ClickException(f"{settings.model} is not a Hugging Face model directory (no config.json/tokenizer)")
+        return settings.model
+    if not is_model_dir(settings.model_dir):
+        click.echo(f"building the default model in {settings.model_dir} (first run)", err=True)
+        build_default_model(settings.model_dir)
+    return settings.model_dir
+
+
+@click.group()
+@click.option("--log-level", default="INFO", show_default=True)
+def main(log_level: str) -> None:
+    """Sluice: an SLO-aware request queue and autoscaler for LLM serving."""
+    configure_logging(log_level)
+
+
+# --- model -----------------------------------------------------------------------
+@main.group()
+def model() -> None:
+    """The served model."""
+
+
+@model.command("init")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Directory (default: <data_dir>/models/sluice-tiny-llama).")
+@click.option("--force", is_flag=True, help="Rebuild even if present.")
+def model_init(out: Path | None, force: bool) -> None:
+    """Write the default random-weight tiny Llama with the Mistral-7B v0.1 tokenizer."""
+    from sluice.model_init import build_default_model
+
+    path = build_default_model(out or get_settings().model_dir, force=force)
+    click.echo(str(path))
+
+
+# --- processes ---------------------------------------------------------------------
+@main.command()
+@click.option("--host", default=None, help="Bind address (SLUICE_API_HOST).")
+@click.option("--port", type=int, default=None, help="API port (SLUICE_API_PORT, default 8000).")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None, help="Local HF model directory.")
+def api(host, port, model_path) -> None:
+    """The OpenAI-compatible HTTP API."""
+    import uvicorn
+
+    override_settings(api_host=host, api_port=port, model=model_path)
+    ensure_model()
+    settings = get_settings()
+    settings.require_redis_url()
+    from api.app import create_api
+
+    uvicorn.run(create_api(settings), host=settings.api_host, port=settings.api_port, log_level="info")
+
+
+@main.command()
+@click.option("--lanes", default=None, help="Comma-separated lanes to consume, in priority order.")
+@click.option("--pool", type=click.Choice(["interactive", "batch", "mixed"]), default=None)
+@click.option("--batch-size", type=int, default=None, help="Initial admission limit.")
+@click.option("--max-batch-size", type=int, default=None)
+@click.option("--batching-mode", type=click.Choice(["continuous", "dynamic", "none"]), default=None)
+@click.option("--worker-id", default=None)
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None, help="Local HF model directory.")
+def worker(lanes, pool, batch_size, max_batch_size, batching_mode, worker_id, model_path) -> None:
+    """A Celery worker owning one vLLM engine."""
+    override_settings(
+        worker_lanes=lanes.split(",") if lanes else None, worker_pool=pool, batch_size=batch_size,
+        max_batch_size=max_batch_size, batching_mode=batching_mode, worker_id=worker_id, model=model_path,
+    )
+    ensure_model()
+    from workers.main import run_worker
+
+    run_worker(get_settings())
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="Flower port (SLUICE_FLOWER_PORT, default 5555).")
+def flower(port) -> None:
+    """Flower, watching the same broker."""
+    override_settings(flower_port=port)
+    settings = get_settings()
+    settings.require_redis_url()
+    args = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower",
+            f"--port={settings.flower_port}", "--address=127.0.0.1"]
+    os.execv(sys.executable, args)
+
+
+@main.command()
+@click.option("--port", type=int, default=None, help="API port (default 8000).")
+@click.option("--flower-port", type=int, default=None, help="Flower port (default 5555).")
+@click.option("--workers", "worker_count", type=int, default=1, show_default=True, help="vLLM workers to start.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None, help="Local HF model directory.")
+@click.option("--no-flower", is_flag=True, help="Do not start Flower.")
+def run(port, flower_port, worker_count, model_path, no_flower) -> None:
+    """Start Sluice in the foreground: Redis (or embedded Valkey), API, worker(s), Flower. Ctrl-C stops all."""
+    from sluice.runner import ProcessGroup, sluice_command
+
+    override_settings(api_port=port, flower_port=flower_port, model=model_path)
+    ensure_model()
+    settings = get_settings()
+    valkey = None
+    if not settings.redis_url:
+        from sluice.embedded_redis import start_embedded_valkey
+
+        valkey = start_embedded_valkey(settings.data_dir / "valkey")
+        override_settings(redis_url=valkey.connection_url + "/0")
+        settings = get_settings()
+    log.info("Redis at %s", settings.redis_url)
+    group = ProcessGroup(env=dict(os.environ))
+    status = 1
+    try:
+        group.start("api", sluice_command("api"))
+        for index in range(worker_count):
+            group.start(f"worker-{index}", sluice_command("worker"))
+        if not no_flower:
+            group.start("flower", sluice_command("flower"))
+        log.info("Sluice: API http://%s:%d  Flower http://127.0.0.1:%d  (Ctrl-C stops everything)",
+                 settings.api_host, settings.api_port, settings.flower_port)
+        status = group.wait()
+    finally:
+        group.stop()
+        if valkey is not None:
+            valkey.stop()
+    sys.exit(status)
+
+
+# --- bench -------------------------------------------------------------------------
+@main.group()
+def bench() -> None:
+    """Benchmarks (results are ratios measured side by side in one run)."""
+
+
+def _mount_optional_commands() -> None:
+    """Commands whose modules pull in heavy dependencies are imported only when present."""
+    try:
+        from bench.broker_bench import broker_command
+
+        bench.add_command(broker_command, "broker")
+    except ImportError as exc:  # pragma: no cover - only while a module is missing
+        log.debug("bench broker unavailable: %s", exc)
+    try:
+        from bench.cluster import cluster_command
+
+        bench.add_command(cluster_command, "cluster")
+    except ImportError as exc:  # pragma: no cover
+        log.debug("bench cluster unavailable: %s", exc)
+    try:
+        from predictor.cli import predictor
+
+        main.add_command(predictor, "predictor")
+    except ImportError as exc:  # pragma: no cover
+        log.debug("predictor commands unavailable: %s", exc)
+
+
+_mount_optional_commands()
+
+if __name__ == "__main__":
+    main()

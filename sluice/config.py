@@ -1,0 +1,107 @@
+"""One settings model for every Sluice process.
+
+Values come from ``SLUICE_*`` environment variables (nested fields use a double
+underscore, e.g. ``SLUICE_LANE_ADMISSION_LIMITS='{"interactive": 500}'``) and
+from command-line flags, which the CLI writes on top.  ``docs/configuration.md``
+lists every field; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SLO_CLASSES = ("interactive", "batch")
+QueuePolicyName = Literal["fcfs", "ssjf", "oracle"]
+BatchingMode = Literal["continuous", "dynamic", "none"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", env_nested_delimiter="__", extra="ignore")
+
+    # --- where things live -------------------------------------------------
+    redis_url: str | None = Field(
+        None, description="Redis/Valkey URL. Unset: `sluice run` starts an embedded Valkey."
+    )
+    data_dir: Path = Field(Path("var"), description="Models, embedded Valkey files, logs, predictor versions.")
+    model: Path | None = Field(None, description="Local Hugging Face model directory. Unset: the built-in tiny Llama.")
+    served_model_name: str | None = Field(None, description="Name clients use in `model`. Unset: the model directory's name.")
+
+    # --- API -----------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    flower_port: int = 5555
+    lane_admission_limits: dict[str, int] = Field(
+        default_factory=lambda: {"interactive": 2000, "batch": 100_000},
+        description="Queued requests a lane holds before the API answers 429.",
+    )
+    default_max_tokens: int = Field(256, description="max_tokens when a request names none.")
+    request_timeout_s: float = Field(900.0, description="How long the API waits for a request to finish.")
+    retry_after_s: int = Field(2, description="Retry-After sent with 429.")
+
+    # --- queue ---------------------------------------------------------------
+    lanes: list[str] = Field(
+        default_factory=lambda: list(SLO_CLASSES),
+        description="Lanes in priority order: a worker always serves the first non-empty one.",
+    )
+    queue_policy: QueuePolicyName = Field("fcfs", description="Score function: fcfs, ssjf or oracle.")
+    ssjf_aging_tokens_per_s: float = Field(
+        20.0, description="Aging: a request is overtaken only by requests arriving < predicted_tokens/this seconds later."
+    )
+    ssjf_max_predicted_tokens: float = Field(4096.0, description="Cap on the predicted length used in scores.")
+    keep_prompt_text: bool = Field(False, description="Keep prompt text in the completion log (privacy: off by default).")
+    visibility_timeout_s: float = Field(
+        6 * 3600.0,
+        description="Backstop redelivery of unacked messages; dead workers are detected by heartbeat much sooner.",
+    )
+
+    # --- worker --------------------------------------------------------------
+    worker_id: str | None = Field(None, description="Worker name. Unset: sluice-<pid>@<host>.")
+    worker_lanes: list[str] = Field(default_factory=lambda: list(SLO_CLASSES), description="Lanes this worker consumes.")
+    worker_pool: Literal["interactive", "batch", "mixed"] = "mixed"
+    batch_size: int = Field(32, description="Initial admission limit: requests a worker runs at once.")
+    max_batch_size: int = Field(128, description="Upper bound for the admission limit (worker threads).")
+    batching_mode: BatchingMode = "continuous"
+    dynamic_batch_timeout_s: float = 0.05
+    heartbeat_interval_s: float = 1.0
+    heartbeat_ttl_s: float = Field(4.0, description="A worker whose heartbeat is older is dead; its requests are redelivered.")
+    kv_cache_gib: int = Field(1, description="KV cache for the CPU build of vLLM (VLLM_CPU_KVCACHE_SPACE).")
+    max_model_len: int = 2048
+    engine_threads: int = Field(1, description="CPU threads for the vLLM CPU engine (OMP).")
+
+    # --- SLOs ----------------------------------------------------------------
+    ttft_slo_s: float = 2.0
+    itl_slo_s: float = 0.1
+
+    @field_validator("lanes", "worker_lanes")
+    @classmethod
+    def _known_lanes(cls, lanes: list[str]) -> list[str]:
+        unknown = [lane for lane in lanes if lane not in SLO_CLASSES]
+        if unknown:
+            raise ValueError(f"unknown lane(s) {unknown}; known: {list(SLO_CLASSES)}")
+        return lanes
+
+    @property
+    def model_dir(self) -> Path:
+        return self.model if self.model is not None else self.data_dir / "models" / "sluice-tiny-llama"
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.model_dir.name
+
+    def require_redis_url(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError(
+                "SLUICE_REDIS_URL is not set: point it at a Redis server, or use `sluice run`, "
+                "which starts an embedded Valkey when none is configured"
+            )
+        return self.redis_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

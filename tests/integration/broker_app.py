@@ -1,0 +1,27 @@
+"""A Celery app on the Sluice transport with a task that records the order it runs in (no vLLM)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+from celery import shared_task
+
+from sluice.config import Settings
+from workers.celery_app import create_app
+
+settings = Settings(redis_url=os.environ["SLUICE_REDIS_URL"])
+app = create_app(settings)
+app.conf.imports = []
+worker_id = os.environ.get("TEST_WORKER_ID")
+if worker_id:
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options, "worker_id": worker_id}
+
+
+@shared_task(name="tests.record", acks_late=True)
+def record(name: str, sleep_s: float = 0.0) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    client.rpush("test:order", name)
+    time.sleep(sleep_s)
+    client.rpush("test:finished", name)

@@ -1,0 +1,1 @@
+"""Celery workers, each owning one vLLM AsyncLLM engine."""

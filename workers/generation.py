@@ -1,0 +1,86 @@
+"""Run one request on the engine and stream its tokens to Redis as they come."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis.asyncio as aioredis
+from vllm import SamplingParams
+from vllm.inputs import TokensPrompt
+from vllm.sampling_params import RequestOutputKind
+
+from broker import keys
+from broker.messages import GenerationRequest, RequestTimings
+
+# vLLM's priority scheduler serves lower values first.
+VLLM_PRIORITY = {"interactive": 0, "batch": 1}
+EVENTS_TTL_S = 3600
+
+
+def sampling_params(request: GenerationRequest) -> SamplingParams:
+    options = request.sampling
+    return SamplingParams(
+        max_tokens=options.max_tokens,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        seed=options.seed,
+        stop=options.stop or None,
+        ignore_eos=options.ignore_eos,
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+async def publish(client: aioredis.Redis, request_id: str, event: dict) -> None:
+    key = keys.request_events_key(request_id)
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.xadd(key, {"event": json.dumps(event)})
+        pipe.expire(key, EVENTS_TTL_S)
+        await pipe.execute()
+
+
+async def generate_and_stream(engine, client: aioredis.Redis, request: GenerationRequest, *, attempt: int,
+                              worker_id: str, started_at: float) -> dict:
+    """Generate, publishing start and delta events; return the completion record (the caller publishes done)."""
+    await publish(client, request.request_id, {
+        "type": "start", "attempt": attempt, "worker": worker_id,
+        "queue_wait_s": started_at - request.enqueued_at,
+    })
+    first_token_at = last_token_at = None
+    output_tokens = 0
+    finish_reason = None
+    engine_request_id = f"{request.request_id}-{attempt}"
+    async for output in engine.generate(
+        TokensPrompt(prompt_token_ids=request.prompt_token_ids),
+        sampling_params(request),
+        request_id=engine_request_id,
+        priority=VLLM_PRIORITY[request.slo],
+    ):
+        completion = output.outputs[0]
+        now = time.time()
+        if completion.token_ids:
+            if first_token_at is None:
+                first_token_at = now
+            last_token_at = now
+            output_tokens += len(completion.token_ids)
+            await publish(client, request.request_id, {
+                "type": "delta", "attempt": attempt, "text": completion.text, "tokens": len(completion.token_ids),
+            })
+        if output.finished:
+            finish_reason = completion.finish_reason
+    finished_at = time.time()
+    timings = RequestTimings(
+        queue_wait_s=started_at - request.enqueued_at,
+        ttft_s=(first_token_at - request.enqueued_at) if first_token_at else None,
+        itl_s=((last_token_at - first_token_at) / (output_tokens - 1)) if output_tokens > 1 else None,
+        e2e_s=finished_at - request.enqueued_at,
+        prompt_tokens=request.prompt_tokens,
+        output_tokens=output_tokens,
+    )
+    record = {
+        "request_id": request.request_id, "slo": request.slo, "worker": worker_id, "attempt": attempt,
+        "finish_reason": finish_reason or "length", "finished_at": finished_at,
+        "deadline": request.deadline, "predicted_output_tokens": request.predicted_output_tokens,
+        **timings.model_dump(),
+    }
+    return record

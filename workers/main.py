@@ -1,0 +1,51 @@
+"""`sluice worker`: a Celery worker process that owns one vLLM engine."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import redis
+
+from sluice.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def default_worker_id() -> str:
+    return f"sluice-{os.getpid()}@{socket.gethostname()}"
+
+
+def run_worker(settings: Settings) -> None:
+    from workers import tasks
+    from workers.celery_app import create_app
+    from workers.control import AdmissionLimit
+    from workers.heartbeat import Heartbeat
+    from workers.runtime import EngineRuntime
+
+    settings.require_redis_url()
+    worker_id = settings.worker_id or default_worker_id()
+    app = create_app(settings)
+    # The unacked messages of this worker are tagged with its id, so its death frees them at once.
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options, "worker_id": worker_id}
+    app.steps["consumer"].add(AdmissionLimit)
+
+    runtime = EngineRuntime(settings, worker_id)
+    runtime.start()
+    tasks.bind_runtime(runtime)
+    heartbeat = Heartbeat(redis.Redis.from_url(settings.redis_url), runtime,
+                          settings.heartbeat_interval_s, settings.heartbeat_ttl_s)
+    heartbeat.start()
+    log.info("worker %s consuming %s (pool %s, batching %s, admission limit %d)", worker_id,
+             settings.worker_lanes, settings.worker_pool, settings.batching_mode, runtime.admission_limit)
+    try:
+        app.worker_main([
+            "worker", "--hostname", worker_id, "--pool", "threads",
+            "--concurrency", str(settings.max_batch_size),
+            "--queues", ",".join(settings.worker_lanes),
+            "--loglevel", "INFO", "--without-mingle", "--without-gossip", "--task-events",
+        ])
+    finally:
+        heartbeat.stop()
+        runtime.stop()

@@ -1,0 +1,21 @@
+"""The Celery task: one task per request, so Flower shows every request."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+TASK_NAME = "sluice.generate"
+
+_runtime = None
+
+
+def bind_runtime(runtime) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+@shared_task(name=TASK_NAME, acks_late=True)
+def generate(payload: dict) -> dict | None:
+    if _runtime is None:
+        raise RuntimeError("this process has no engine: run requests with `sluice worker`")
+    return _runtime.serve(payload)
