@@ -10,7 +10,6 @@ import time
 
 import anyio
 import redis
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,13 +18,14 @@ from pydantic import ValidationError
 from api.admission import SLO_HEADER, build_request
 from api.enqueue import Enqueuer
 from api.errors import APIError, bad_request
-from api.events import RequestFailed, RequestTimedOut, WorkerLost, follow
+from api.events import EventHub, RequestFailed, RequestTimedOut, WorkerLost, follow
 from api.metrics import Metrics
 from api.schemas import ChatCompletionRequest, CompletionRequest
 from broker.messages import GenerationRequest
 from broker.redelivery import redeliver_from_dead_workers
 from broker.scoring import ScoringPolicy
 from sluice.config import Settings
+from sluice.redis_clients import async_client, sync_client
 from workers.celery_app import create_app
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,9 @@ class SluiceAPI:
 
         self.settings = settings
         self.tokenizer = AutoTokenizer.from_pretrained(str(settings.model_dir))
-        self.redis = redis.Redis.from_url(settings.require_redis_url())
-        self.aioredis = aioredis.Redis.from_url(settings.redis_url)
+        self.redis = sync_client(settings.require_redis_url())
+        self.aioredis = async_client(settings.redis_url)
+        self.events = EventHub(self.aioredis)
         self.celery = create_app(settings)
         self.enqueuer = Enqueuer(self.celery, self.redis, settings.lane_admission_limits, settings.retry_after_s)
         self.metrics = Metrics(self.redis, settings.lanes)
@@ -124,9 +125,11 @@ def create_api(settings: Settings) -> FastAPI:
 
             await attach_predictor(sluice)
         state["sluice"] = sluice
-        sweeper = asyncio.create_task(sluice.sweep_dead_workers())
+        background = [asyncio.create_task(sluice.sweep_dead_workers()), asyncio.create_task(sluice.events.run())]
         yield
-        sweeper.cancel()
+        for task in background:
+            task.cancel()
+        await sluice.events.close()
         await sluice.aioredis.aclose()
 
     app = FastAPI(title="Sluice", version="0.1.0", lifespan=lifespan)
@@ -198,7 +201,7 @@ def create_api(settings: Settings) -> FastAPI:
 async def collect(sluice: SluiceAPI, request: GenerationRequest) -> JSONResponse:
     parts: list[str] = []
     try:
-        async for event in follow(sluice.aioredis, request.request_id, timeout_s=sluice.settings.request_timeout_s):
+        async for event in follow(sluice.events, request.request_id, timeout_s=sluice.settings.request_timeout_s):
             if event["type"] == "start":
                 parts.clear()  # a redelivered request starts again from scratch
             elif event["type"] == "delta":
@@ -247,7 +250,7 @@ async def stream_events(sluice: SluiceAPI, request: GenerationRequest, include_u
     if chat:
         yield _sse(chunk(None, role=True))
     try:
-        async for event in follow(sluice.aioredis, request.request_id, timeout_s=sluice.settings.request_timeout_s,
+        async for event in follow(sluice.events, request.request_id, timeout_s=sluice.settings.request_timeout_s,
                                   tokens_sent=lambda: sent["tokens"] > 0):
             if event["type"] == "delta":
                 sent["tokens"] += event["tokens"]

@@ -1,25 +1,33 @@
-"""Follow a request's event stream in Redis until it finishes, fails, or its worker is lost.
+"""Follow requests' event streams in Redis until they finish, fail, or their worker is lost.
 
 Workers publish ``start``, ``delta``, ``done`` and ``error`` events, each tagged
-with the delivery attempt.  A request whose worker died is redelivered and
-starts again as a new attempt: a follower that has already handed tokens of
-the old attempt to a client cannot rewind them, so it ends with a clear error
-(:class:`WorkerLost`); one that has not yet sent anything simply follows the
-new attempt.
+with the delivery attempt, to one Redis stream per request.  An API process
+reads all the streams it follows with ONE blocking ``XREAD`` (the
+:class:`EventHub`), so a thousand open requests cost one Redis connection, not
+a thousand; a subscription wakes the reader through a private wake-up stream.
+
+A request whose worker died is redelivered and starts again as a new attempt:
+a follower that has already handed tokens of the old attempt to a client
+cannot rewind them, so it ends with a clear error (:class:`WorkerLost`); one
+that has sent nothing simply follows the new attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 
+import redis
 import redis.asyncio as aioredis
 
 from broker import keys
 
-POLL_BLOCK_MS = 1000
+log = logging.getLogger(__name__)
+READ_BLOCK_MS = 1000
 
 
 class WorkerLost(Exception):
@@ -34,44 +42,92 @@ class RequestTimedOut(Exception):
     pass
 
 
-async def follow(client: aioredis.Redis, request_id: str, *, timeout_s: float,
-                 tokens_sent=lambda: False, liveness_check_s: float = 2.0) -> AsyncIterator[dict]:
+class EventHub:
+    def __init__(self, client: aioredis.Redis):
+        self.client = client
+        self.wake_key = f"{keys.PREFIX}:api-wake:{uuid.uuid4().hex}"
+        self._followers: dict[str, list] = {}  # stream key -> [last id, queue]
+        self._wake_pending = False
+
+    def subscribe(self, request_id: str) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue()
+        self._followers[keys.request_events_key(request_id)] = ["0", queue]
+        return queue
+
+    async def wake(self) -> None:
+        # One wake-up per read round is enough: the reader picks up every subscription made meanwhile.
+        if self._wake_pending:
+            return
+        self._wake_pending = True
+        await self.client.xadd(self.wake_key, {"w": "1"}, maxlen=16, approximate=True)
+
+    def unsubscribe(self, request_id: str) -> None:
+        self._followers.pop(keys.request_events_key(request_id), None)
+
+    async def run(self) -> None:
+        wake_id = "$"
+        while True:
+            self._wake_pending = False
+            streams = {self.wake_key: wake_id, **{key: entry[0] for key, entry in self._followers.items()}}
+            try:
+                reply = await self.client.xread(streams, count=512, block=READ_BLOCK_MS)
+            except redis.RedisError:
+                log.exception("event hub read failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            for stream, entries in reply or []:
+                stream = stream.decode()
+                if stream == self.wake_key:
+                    wake_id = entries[-1][0]
+                    continue
+                follower = self._followers.get(stream)
+                if follower is None:
+                    continue
+                for entry_id, fields in entries:
+                    follower[0] = entry_id
+                    follower[1].put_nowait(json.loads(fields[b"event"]))
+
+    async def close(self) -> None:
+        await self.client.delete(self.wake_key)
+
+
+async def follow(hub: EventHub, request_id: str, *, timeout_s: float, tokens_sent=lambda: False,
+                 liveness_check_s: float = 1.0) -> AsyncIterator[dict]:
     """Yield the current attempt's ``start``/``delta`` events, then its ``done`` event."""
-    stream = keys.request_events_key(request_id)
-    last_id = "0"
+    queue = hub.subscribe(request_id)
+    await hub.wake()
     attempt = None
     worker = None
     deadline = time.monotonic() + timeout_s
-    next_liveness_check = time.monotonic() + liveness_check_s
-    while True:
-        if time.monotonic() > deadline:
-            raise RequestTimedOut(f"request {request_id} did not finish within {timeout_s:.0f}s")
-        reply = await client.xread({stream: last_id}, count=256, block=POLL_BLOCK_MS)
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                last_id = entry_id
-                event = json.loads(fields[b"event"])
-                kind = event["type"]
-                if kind == "start":
-                    if attempt is not None and event["attempt"] != attempt and tokens_sent():
-                        raise WorkerLost(
-                            f"worker {worker} was lost mid-generation; the request is being re-run on another "
-                            "worker but a stream cannot be rewound — retry the request")
-                    attempt, worker = event["attempt"], event["worker"]
-                    yield event
-                elif attempt is not None and event.get("attempt") != attempt:
-                    continue  # a stale attempt still draining after its redelivery
-                elif kind == "delta":
-                    yield event
-                elif kind == "done":
-                    yield event
-                    return
-                elif kind == "error":
-                    raise RequestFailed(event.get("message", "generation failed"))
-        if worker is not None and time.monotonic() >= next_liveness_check:
-            next_liveness_check = time.monotonic() + liveness_check_s
-            if tokens_sent() and not await client.exists(keys.worker_key(worker)):
-                raise WorkerLost(
-                    f"worker {worker} stopped responding mid-generation; the request will be re-run on another "
-                    "worker but a stream cannot be rewound — retry the request")
-        await asyncio.sleep(0)
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RequestTimedOut(f"request {request_id} did not finish within {timeout_s:.0f}s")
+            try:
+                event = await asyncio.wait_for(queue.get(), min(liveness_check_s, remaining))
+            except asyncio.TimeoutError:
+                if worker is not None and tokens_sent() and not await hub.client.exists(keys.worker_key(worker)):
+                    raise WorkerLost(
+                        f"worker {worker} stopped responding mid-generation; the request will be re-run on another "
+                        "worker, but a stream cannot be rewound: retry the request") from None
+                continue
+            kind = event["type"]
+            if kind == "start":
+                if attempt is not None and event["attempt"] != attempt and tokens_sent():
+                    raise WorkerLost(
+                        f"worker {worker} was lost mid-generation; the request is being re-run on another "
+                        "worker, but a stream cannot be rewound: retry the request")
+                attempt, worker = event["attempt"], event["worker"]
+                yield event
+            elif attempt is not None and event.get("attempt") != attempt:
+                continue  # a stale attempt still draining after its redelivery
+            elif kind == "delta":
+                yield event
+            elif kind == "done":
+                yield event
+                return
+            elif kind == "error":
+                raise RequestFailed(event.get("message", "generation failed"))
+    finally:
+        hub.unsubscribe(request_id)

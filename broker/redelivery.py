@@ -36,18 +36,25 @@ def dead_owner_tags(client: redis.Redis) -> dict[str, str]:
     return {tag: owner for tag, owner in owners.items() if not alive[owner]}
 
 
-def restore_unacked(client: redis.Redis, delivery_tag: str) -> bool:
-    """Put one unacked message back on its lane at its original score; False if it was already gone."""
+def restore_unacked(client: redis.Redis, delivery_tag: str, dead_owner: str | None = None) -> bool:
+    """Put one unacked message back on its lane at its original score; False if it was already gone.
+
+    With ``dead_owner``, only if that worker still holds it: another sweeper may
+    have restored it already and a live worker taken it again (same delivery tag).
+    """
     restored = False
 
     def transaction(pipe):
         nonlocal restored
+        restored = False
         raw = pipe.hget(keys.UNACKED, delivery_tag)
+        owner = pipe.hget(keys.UNACKED_OWNER, delivery_tag)
+        if dead_owner is not None and (owner is None or bytes_to_str(owner) != dead_owner):
+            return
         pipe.multi()
         pipe.zrem(keys.UNACKED_INDEX, delivery_tag)
         pipe.hdel(keys.UNACKED, delivery_tag)
         pipe.hdel(keys.UNACKED_OWNER, delivery_tag)
-        restored = False
         if raw:
             payload, _exchange, routing_key = loads(bytes_to_str(raw))
             payload.setdefault("headers", {})["redelivered"] = True
@@ -56,7 +63,8 @@ def restore_unacked(client: redis.Redis, delivery_tag: str) -> bool:
             pipe.zadd(keys.lane_key(routing_key), {dumps(payload): message_score(payload)})
             restored = True
 
-    client.transaction(transaction, keys.UNACKED)
+    # WATCH both hashes: a concurrent restore or a new delivery of the same tag aborts and re-checks.
+    client.transaction(transaction, keys.UNACKED, keys.UNACKED_OWNER)
     return restored
 
 
@@ -64,7 +72,7 @@ def redeliver_from_dead_workers(client: redis.Redis) -> list[str]:
     """One sweep: restore every message held by a worker whose heartbeat lapsed."""
     restored = []
     for tag, owner in dead_owner_tags(client).items():
-        if restore_unacked(client, tag):
+        if restore_unacked(client, tag, dead_owner=owner):
             log.warning("worker %s stopped beating: redelivered message %s", owner, tag)
             restored.append(tag)
     return restored

@@ -6,9 +6,8 @@ import logging
 import os
 import socket
 
-import redis
-
 from sluice.config import Settings
+from sluice.redis_clients import sync_client
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ def run_worker(settings: Settings) -> None:
     runtime = EngineRuntime(settings, worker_id)
     runtime.start()
     tasks.bind_runtime(runtime)
-    heartbeat = Heartbeat(redis.Redis.from_url(settings.redis_url), runtime,
+    heartbeat = Heartbeat(sync_client(settings.redis_url), runtime,
                           settings.heartbeat_interval_s, settings.heartbeat_ttl_s)
     heartbeat.start()
     log.info("worker %s consuming %s (pool %s, batching %s, admission limit %d)", worker_id,

@@ -16,12 +16,10 @@ import os
 import threading
 import time
 
-import redis
-import redis.asyncio as aioredis
-
 from broker import keys
 from broker.messages import GenerationRequest
 from sluice.config import Settings
+from sluice.redis_clients import async_client, sync_client
 from workers.batching import make_gate
 from workers.engine_stats import EngineState, stat_logger_factory
 from workers.generation import EVENTS_TTL_S, generate_and_stream, publish
@@ -42,7 +40,7 @@ class EngineRuntime:
         self.inflight_lock = threading.Lock()
         self.consumer = None
         self.started_at = time.time()
-        self.redis = redis.Redis.from_url(settings.require_redis_url())
+        self.redis = sync_client(settings.require_redis_url())
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sluice-engine-loop", daemon=True)
         self.engine = None
@@ -72,9 +70,25 @@ class EngineRuntime:
             seed=0,
         )
         self.engine = AsyncLLM.from_engine_args(args, stat_loggers=[stat_logger_factory(self.engine_state)])
-        self._aioredis = aioredis.Redis.from_url(self.settings.require_redis_url())
+        self._aioredis = async_client(self.settings.require_redis_url())
         self._gate = make_gate(self.settings.batching_mode, self.admission_limit, self.settings.dynamic_batch_timeout_s)
+        await self._warm_up()
         log.info("engine for %s ready in %.1fs", self.settings.model_name, time.time() - started)
+
+    async def _warm_up(self) -> None:
+        """One short generation before taking traffic: the first request pays vLLM's lazy set-up.
+
+        Without it the first admitted batch stalls the process for seconds, long enough to
+        miss heartbeats and be declared dead while alive.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        started = time.time()
+        async for _ in self.engine.generate(TokensPrompt(prompt_token_ids=[1, 2, 3, 4]),
+                                            SamplingParams(max_tokens=4, ignore_eos=True), request_id="sluice-warmup"):
+            pass
+        log.info("engine warm-up took %.2fs", time.time() - started)
 
     def stop(self) -> None:
         if self.engine is not None:

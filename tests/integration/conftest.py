@@ -1,0 +1,113 @@
+"""One real Sluice stack per test session: the machine's Redis, a vLLM worker, the API."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from broker import keys
+from sluice.config import Settings
+from tests.conftest import MACHINE_REDIS_URL, Process, free_port, redis_reachable, wait_until
+from workers.celery_app import create_app
+
+STACK_REDIS_DB = 13
+
+
+@dataclass
+class Stack:
+    redis_url: str
+    env: dict
+    log_dir: Path
+    api_port: int
+    processes: list[Process] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url)
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(redis_url=self.redis_url)
+
+    def celery(self):
+        return create_app(self.settings)
+
+    def start(self, name: str, args: list[str], **extra_env) -> Process:
+        process = Process(name, args, {**self.env, **extra_env}, self.log_dir)
+        self.processes.append(process)
+        return process
+
+    def start_worker(self, worker_id: str, **extra_env) -> Process:
+        process = self.start(worker_id.split("@")[0], ["worker", "--worker-id", worker_id], **extra_env)
+        wait_until(lambda: self.redis.exists(keys.worker_key(worker_id)), 240, f"worker {worker_id} heartbeat",
+                   interval=0.5, process=process)
+        return process
+
+    def set_batch_size(self, worker_id: str, batch_size: int) -> None:
+        reply = self.celery().control.broadcast("sluice_set_batch_size", arguments={"batch_size": batch_size},
+                                                destination=[worker_id], reply=True, timeout=5)
+        assert reply == [{worker_id: {"ok": batch_size}}], reply
+
+
+def stack_redis_url() -> str:
+    base = MACHINE_REDIS_URL.rsplit("/", 1)[0]
+    return f"{base}/{STACK_REDIS_DB}"
+
+
+@pytest.fixture(scope="session")
+def stack(model_dir, log_dir):
+    url = stack_redis_url()
+    if not redis_reachable(url):
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the machine's Redis at {url}")
+        pytest.skip(f"no Redis at {url}")
+    redis.Redis.from_url(url).flushdb()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    env.update(SLUICE_REDIS_URL=url, SLUICE_MODEL=str(model_dir), SLUICE_DATA_DIR=str(log_dir / "data"),
+               SLUICE_HEARTBEAT_TTL_S="5", SLUICE_MAX_BATCH_SIZE="64", SLUICE_BATCH_SIZE="32")
+    stack = Stack(redis_url=url, env=env, log_dir=log_dir, api_port=free_port())
+    stack.start_worker("main@test")
+    api = stack.start("api", ["api", "--port", str(stack.api_port)])
+
+    def healthy():
+        try:
+            return httpx.get(stack.base_url + "/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(healthy, 120, "the API", interval=0.5, process=api)
+    yield stack
+    for process in reversed(stack.processes):
+        process.stop()
+
+
+@pytest.fixture
+def http(stack):
+    with httpx.Client(base_url=stack.base_url, timeout=120) as client:
+        yield client
+
+
+def lane_snapshot(client: redis.Redis) -> dict:
+    """What is queued, per lane, and how many request records exist (to prove nothing was enqueued)."""
+    return {
+        "interactive": client.zcard(keys.lane_key("interactive")),
+        "batch": client.zcard(keys.lane_key("batch")),
+        "requests": len(list(client.scan_iter("sluice:req:*", count=1000))),
+    }
+
+
+def wait_for_idle(stack: Stack, timeout: float = 120) -> None:
+    client = stack.redis
+    wait_until(lambda: lane_snapshot(client)["interactive"] == 0 and lane_snapshot(client)["batch"] == 0
+               and client.hlen(keys.UNACKED) == 0, timeout, "the queues to drain")
+    time.sleep(0.1)

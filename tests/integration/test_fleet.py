@@ -1,0 +1,165 @@
+"""Many requests, schedule order, and a worker killed mid-generation — real Redis, Celery and vLLM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from api.enqueue import Enqueuer
+from broker import keys
+from broker.messages import GenerationRequest, SamplingOptions
+from tests.conftest import wait_until
+from tests.integration.conftest import wait_for_idle
+
+pytestmark = pytest.mark.integration
+
+MODEL = "sluice-tiny-llama"
+
+
+def completions(stack) -> list[dict]:
+    return [json.loads(raw) for raw in stack.redis.lrange(keys.COMPLETIONS, 0, -1)][::-1]
+
+
+def done_events(stack, request_id: str) -> list[dict]:
+    events = [json.loads(fields[b"event"]) for _id, fields in stack.redis.xrange(keys.request_events_key(request_id))]
+    return [event for event in events if event["type"] == "done"]
+
+
+def test_200_concurrent_mixed_requests_all_complete_once(stack):
+    wait_for_idle(stack)
+    stack.redis.delete(keys.COMPLETIONS)
+    rng = random.Random(7)
+    plan = [(rng.choice(["interactive", "batch"]), rng.randint(1, 120), rng.random() < 0.3) for _ in range(200)]
+
+    async def one(http: httpx.AsyncClient, slo: str, max_tokens: int, stream: bool):
+        body = {"model": MODEL, "prompt": f"request of {max_tokens} tokens", "max_tokens": max_tokens,
+                "ignore_eos": True, "stream": stream}
+        if not stream:
+            response = await http.post("/v1/completions", json=body, headers={"X-Sluice-SLO": slo})
+            assert response.status_code == 200, response.text
+            reply = response.json()
+            return reply["id"], reply["usage"]["completion_tokens"]
+        tokens = 0
+        async with http.stream("POST", "/v1/completions", json=body, headers={"X-Sluice-SLO": slo}) as response:
+            assert response.status_code == 200
+            request_id = response.headers["X-Sluice-Request-Id"]
+            async for line in response.aiter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    assert "error" not in json.loads(line[6:]), line
+        tokens = done_events(stack, request_id)[0]["output_tokens"]
+        return request_id, tokens
+
+    async def run_all():
+        limits = httpx.Limits(max_connections=250, max_keepalive_connections=250)
+        async with httpx.AsyncClient(base_url=stack.base_url, timeout=300, limits=limits) as http:
+            return await asyncio.gather(*(one(http, *p) for p in plan))
+
+    results = asyncio.run(run_all())
+    assert [tokens for _id, tokens in results] == [max_tokens for _slo, max_tokens, _s in plan]
+    ids = [request_id for request_id, _ in results]
+    assert len(set(ids)) == 200
+    records = completions(stack)
+    assert sorted(r["request_id"] for r in records) == sorted(ids)  # each completed exactly once
+    for request_id in ids:
+        assert len(done_events(stack, request_id)) == 1
+    assert {r["slo"] for r in records} == {"interactive", "batch"}
+
+
+def enqueue_direct(enqueuer: Enqueuer, name: str, lane: str, score: float, max_tokens: int) -> GenerationRequest:
+    request = GenerationRequest(
+        request_id=name, model=MODEL, kind="completion", prompt_token_ids=[1, 22557, 1526], slo=lane,
+        sampling=SamplingOptions(max_tokens=max_tokens, ignore_eos=True), enqueued_at=time.time(), score=score)
+    enqueuer.enqueue(request)
+    return request
+
+
+def test_full_worker_serves_interactive_first_then_lowest_score(stack):
+    """Admission limit 1 and a long request running: the queue fills, then drains in schedule order."""
+    wait_for_idle(stack)
+    stack.redis.delete(keys.COMPLETIONS)
+    stack.set_batch_size("main@test", 1)
+    enqueuer = Enqueuer(stack.celery(), stack.redis, {}, 1)
+    try:
+        enqueue_direct(enqueuer, "blocker", "batch", 0.0, max_tokens=2000)
+        wait_until(lambda: stack.redis.hget(keys.request_key("blocker"), "status") == b"running", 30, "the blocker")
+        queued = [("b-50", "batch", 50), ("i-30", "interactive", 30), ("b-10", "batch", 10),
+                  ("i-20", "interactive", 20), ("b-5", "batch", 5), ("i-40", "interactive", 40)]
+        for name, lane, score in queued:
+            enqueue_direct(enqueuer, name, lane, score, max_tokens=3)
+        assert stack.redis.hget(keys.request_key("blocker"), "status") == b"running", "blocker ended too soon"
+        wait_until(lambda: len(completions(stack)) == 7, 120, "all requests")
+        assert [r["request_id"] for r in completions(stack)] == \
+            ["blocker", "i-20", "i-30", "i-40", "b-5", "b-10", "b-50"]
+    finally:
+        stack.set_batch_size("main@test", 32)
+
+
+PLAIN, LONG = 12, 2000  # enough work that the victim is still generating when it is killed
+
+
+def test_killed_worker_requests_redelivered_and_streams_fail_clearly(stack):
+    wait_for_idle(stack)
+    stack.redis.delete(keys.COMPLETIONS)
+    app = stack.celery()
+    for lane in ("interactive", "batch"):  # park the main worker so the victim takes the requests
+        app.control.cancel_consumer(lane, destination=["main@test"], reply=True, timeout=5)
+    victim = stack.start_worker("victim@test")
+    results: dict[str, object] = {}
+    client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key="unused", timeout=300, max_retries=0)
+
+    def non_streaming(index: int):
+        results[f"plain-{index}"] = client.completions.create(
+            model=MODEL, prompt=f"long {index}", max_tokens=LONG, extra_body={"ignore_eos": True})
+
+    def streaming():
+        received = []
+        try:
+            for chunk in client.completions.create(model=MODEL, prompt="long stream", max_tokens=LONG,
+                                                   stream=True, extra_body={"ignore_eos": True}):
+                received.append(chunk.choices[0].text)
+                results["stream-tokens"] = len(received)
+            results["stream"] = "completed"
+        except openai.APIError as exc:
+            results["stream"] = exc
+
+    threads = [threading.Thread(target=non_streaming, args=(i,)) for i in range(PLAIN)]
+    threads.append(threading.Thread(target=streaming))
+    try:
+        for thread in threads:
+            thread.start()
+        wait_until(lambda: results.get("stream-tokens", 0) >= 1 and stack.redis.hlen(keys.UNACKED_OWNER) == PLAIN + 1,
+                   60, "every request running on the victim", interval=0.05, process=victim)
+        assert set(v.decode() for v in stack.redis.hvals(keys.UNACKED_OWNER)) == {"victim@test"}
+        for lane in ("interactive", "batch"):
+            app.control.add_consumer(lane, destination=["main@test"], reply=True, timeout=5)
+        victim.signal_group(signal.SIGKILL)
+        killed_at = time.time()
+        for thread in threads:
+            thread.join(300)
+        assert isinstance(results["stream"], openai.APIError), results["stream"]
+        assert "lost" in str(results["stream"]) or "stopped responding" in str(results["stream"])
+        for index in range(PLAIN):
+            reply = results[f"plain-{index}"]
+            assert reply.usage.completion_tokens == LONG
+            assert reply.sluice["worker"] == "main@test" and reply.sluice["attempt"] == 2
+        # Redelivered within seconds of the heartbeat going stale (TTL 5 s), not the visibility timeout.
+        restarts = [json.loads(f[b"event"]) for rid in stack.redis.scan_iter("sluice:events:*")
+                    for _id, f in stack.redis.xrange(rid)]
+        second_starts = [e for e in restarts if e["type"] == "start" and e["attempt"] == 2]
+        assert len(second_starts) == PLAIN + 1
+        records = completions(stack)
+        assert len(records) == PLAIN + 1 and len({r["request_id"] for r in records}) == PLAIN + 1
+        redelivery_delay = [r["finished_at"] - r["e2e_s"] + r["queue_wait_s"] for r in records]  # restart times
+        assert all(start - killed_at < 15 for start in redelivery_delay), (redelivery_delay, killed_at)
+    finally:
+        for lane in ("interactive", "batch"):
+            app.control.add_consumer(lane, destination=["main@test"], reply=True, timeout=5)
+        victim.stop()
