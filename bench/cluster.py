@@ -1,0 +1,353 @@
+"""``sluice bench cluster``: all scaling policies on the same simulated cluster and workload.
+
+Workload: Azure conv trace as interactive traffic (rate x ``rate_scale``), batch jobs with
+lengths from the Azure code trace arriving every ``3600 / batch_jobs_per_hour`` s with a deadline.
+The simulation runs until the last batch deadline, interactive traffic continuing (trace
+repeated), so deferring batch work past the arrival window is paid for, not hidden. Every policy is
+simulated over the same horizon and billed over it (GPU-hours = instance lifetime inside the horizon
+x GPUs per instance).
+
+``static_peak`` is sized from the workload before the comparison (:func:`size_static_peak`):
+an interactive pool = the smallest instance count that serves the interactive traffic alone at
+>= ``slo_target`` attainment (found by simulation, i.e. a load test at the trace's peak), plus a batch
+pool that admits the largest burst whole when it arrives (KV capacity and max batch size).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import click
+import numpy as np
+
+from scaler.config import ScalerConfig
+from scaler.policies import POLICY_NAMES
+from scaler.sim.cluster import ClusterSimulation, SimResult, SimSettings
+from scaler.sim.latency import engine
+from scaler.sim.workload import WorkloadConfig, batch_length_prior, batch_requests, interactive_requests, load_trace
+
+
+@dataclass
+class BenchSetup:
+    hours: float = 1.0
+    model: str = "llama-3-70b"
+    gpu: str = "h100-80gb"
+    tensor_parallel: int = 4
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    settings: SimSettings = field(default_factory=SimSettings)
+    scaler: ScalerConfig = field(default_factory=lambda: tuned_scaler_config())
+
+
+def tuned_scaler_config() -> ScalerConfig:
+    """Defaults plus baseline targets tuned (by sweeping) to reach the attainment Chiron reaches; see docs/scaler.md."""
+    return ScalerConfig()  # the config defaults already hold the tuned baseline targets
+
+
+SLO_TARGET = 0.99  # attainment the issue asks for; baselines are tuned / sized to reach it
+
+
+def _bursts(batch) -> list[np.ndarray]:
+    return [np.flatnonzero(batch.job == j) for j in np.unique(batch.job)]
+
+
+def size_batch_pool_for_bursts(batch, eng, max_batch_size: int) -> dict:
+    """Batch instances that admit the largest burst whole on arrival (every request running at once).
+
+    Per burst: max(ceil(sum of KV reservations (context + output) / KV tokens per instance),
+    ceil(requests / max batch size)). Also returns the smaller "keep-up" size (finish a burst's
+    engine time before the next burst arrives) for reference.
+    """
+    concurrent = keep_up = 0
+    starts = sorted({float(a) for a in batch.arrival_s})
+    interval = float(np.diff(starts).min()) if len(starts) > 1 else 3600.0
+    for ids in _bursts(batch):
+        ctx, gen = batch.context_tokens[ids].astype(float), batch.generated_tokens[ids].astype(float)
+        kv = math.ceil(float((ctx + gen).sum()) / eng.kv_capacity_tokens)
+        slots = math.ceil(ids.size / max_batch_size)
+        concurrent = max(concurrent, kv, slots)
+        b = max_batch_size
+        step = float(eng.decode_step_s(b, b * float(np.mean(ctx + gen / 2))))
+        engine_s = float(np.sum(eng.prefill_compute_s(ctx))) + ids.size / b * float(np.mean(gen)) * step
+        keep_up = max(keep_up, math.ceil(engine_s / interval))
+    return {"concurrent": concurrent, "keep_up": keep_up, "burst_interval_s": interval}
+
+
+def size_interactive_pool_for_peak(setup: "BenchSetup", slo_target: float = SLO_TARGET) -> dict:
+    """Smallest dedicated interactive pool reaching ``slo_target`` on the interactive traffic alone (binary search)."""
+    tried: dict[int, float] = {}
+
+    def passes(n: int) -> bool:
+        probe = copy.deepcopy(setup)
+        probe.scaler.static.peak_counts = {"interactive": n, "batch": 0, "mixed": 0}
+        summary, _ = simulate("static_peak", probe, interactive_only=True)
+        tried[n] = summary["interactive_slo_attainment"]
+        return tried[n] >= slo_target
+
+    lo, hi = 0, 8  # lo fails (no capacity), find a passing hi
+    while not passes(hi):
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if passes(mid):
+            hi = mid
+        else:
+            lo = mid
+    return {"interactive": hi, "attainment_tried": dict(sorted(tried.items()))}
+
+
+def size_static_peak(setup: "BenchSetup") -> dict:
+    """Fill ``setup.scaler.static.peak_counts`` from the workload; returns how it was sized."""
+    rng = np.random.default_rng(setup.workload.seed)
+    _conv, code = load_trace("conv"), load_trace("code")
+    batch = batch_requests(code, setup.hours * 3600.0, setup.workload, rng)
+    eng = engine(setup.model, setup.gpu, setup.tensor_parallel)
+    batch_size = size_batch_pool_for_bursts(batch, eng, setup.scaler.local.max_batch_size)
+    inter = size_interactive_pool_for_peak(setup)
+    # The same load test gives the per-instance capacity Chiron plans with: the trace's highest
+    # per-period (Chiron's period) interactive token arrival rate, served by `inter` instances.
+    rng = np.random.default_rng(setup.workload.seed)
+    batch_requests(code, setup.hours * 3600.0, setup.workload, rng)  # same rng draws as simulate()
+    inter_req = interactive_requests(_conv, setup.hours * 3600.0, setup.workload, rng)
+    period = setup.scaler.chiron.period_s
+    tokens = inter_req.context_tokens + float(_conv.generated_tokens.mean())
+    bins = np.bincount((inter_req.arrival_s // period).astype(int), weights=tokens) / period
+    capacity = float(bins.max()) / inter["interactive"]
+    setup.scaler.chiron.interactive_capacity_tokens_per_s_prior = round(capacity)
+    setup.scaler.static.peak_counts = {"interactive": inter["interactive"], "batch": batch_size["concurrent"], "mixed": 0}
+    return {**inter, "batch": batch_size["concurrent"], "batch_keep_up": batch_size["keep_up"],
+            "burst_interval_s": batch_size["burst_interval_s"],
+            "peak_interactive_tokens_per_s": float(bins.max()), "chiron_capacity_tokens_per_s": round(capacity)}
+
+
+def summarize(result: SimResult, config: ScalerConfig) -> dict:
+    counted = result.interactive_counted
+    ttft_ok = (result.interactive_ttft_s <= config.slo.ttft_s)[counted]  # nan (never served) compares False
+    itl_ok = (result.interactive_itl_s <= config.slo.itl_s)[counted]
+    batch_ok = result.batch_finish_s <= result.batch_deadline_s
+    hours = result.horizon_s / 3600.0
+    ttft = result.interactive_ttft_s[counted]
+    itl = result.interactive_itl_s[counted]
+    return {
+        "interactive_slo_attainment": float(np.mean(ttft_ok & itl_ok)) if ttft_ok.size else 1.0,
+        "ttft_attainment": float(np.mean(ttft_ok)) if ttft_ok.size else 1.0,
+        "itl_attainment": float(np.mean(itl_ok)) if itl_ok.size else 1.0,
+        "batch_deadline_attainment": float(np.mean(batch_ok)) if batch_ok.size else 1.0,
+        "gpu_hours": result.gpu_seconds / 3600.0,
+        "scale_actions_per_hour": len(result.decisions) / hours,
+        "simulated_hours": hours,
+        "interactive_requests": int(counted.sum()),
+        "batch_requests": int(result.batch_finish_s.size),
+        "ttft_p50_s": float(np.nanpercentile(ttft, 50)),
+        "ttft_p99_s": float(np.nanpercentile(ttft, 99)),
+        "itl_p50_s": float(np.nanpercentile(itl, 50)),
+        "itl_p99_s": float(np.nanpercentile(itl, 99)),
+        "peak_instances": _peak_instances(result),
+        "decisions": [
+            {"t": round(t, 1), "pool": d.pool, "from": d.current, "to": d.target, "reason": d.reason}
+            for t, d in zip(result.decision_times, result.decisions)
+        ],
+    }
+
+
+def _peak_instances(result: SimResult) -> int:
+    tl = result.timeline
+    totals = [a + b + c for a, b, c in zip(tl["interactive"], tl["mixed"], tl["batch"])]
+    return max(totals, default=0)
+
+
+def simulate(policy: str, setup: BenchSetup, progress: bool = False, interactive_only: bool = False) -> tuple[dict, dict]:
+    rng = np.random.default_rng(setup.workload.seed)
+    conv, code = load_trace("conv"), load_trace("code")
+    arrival_window = setup.hours * 3600.0
+    batch = batch_requests(code, arrival_window, setup.workload, rng)
+    horizon = max(arrival_window, float(batch.deadline_s.max()) if batch.deadline_s.size else 0.0)
+    interactive = interactive_requests(conv, horizon, setup.workload, rng)
+    if interactive_only:  # same interactive arrivals, no batch, over the arrival window (the trace's peak is in it)
+        batch = type(batch)(*(a[:0] for a in (batch.arrival_s, batch.context_tokens, batch.generated_tokens, batch.deadline_s, batch.job)))
+        horizon = arrival_window
+        keep = interactive.arrival_s < horizon
+        interactive = type(interactive)(*(a[keep] for a in (interactive.arrival_s, interactive.context_tokens, interactive.generated_tokens, interactive.deadline_s, interactive.job)))
+    mean, var = batch_length_prior(code)
+    settings = SimSettings(
+        **{
+            **setup.settings.__dict__,
+            "batch_prior_mean_tokens": mean,
+            "batch_prior_var_tokens": var,
+            "interactive_prior_mean_tokens": float(conv.generated_tokens.mean()),
+        }
+    )
+    settings.cold_start_s = setup.scaler.chiron.cold_start_s
+    eng = engine(setup.model, setup.gpu, setup.tensor_parallel)
+    sim = ClusterSimulation(policy, setup.scaler, eng, interactive, batch, horizon, settings)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=round(horizon), desc=policy, unit="sim-s", leave=False)
+    result = sim.run(progress=(lambda dt: bar.update(dt)) if bar else None)
+    if bar:
+        bar.close()
+    summary = summarize(result, setup.scaler)
+    summary["gpus_per_instance"] = setup.tensor_parallel
+    timeline = {k: list(v) for k, v in result.timeline.items()}
+    return summary, timeline
+
+
+def _simulate_job(args):
+    return simulate(*args)
+
+
+def run_cluster_bench(
+    json_out: str | None,
+    plot_out: str | None,
+    hours: float = 1.0,
+    policies: tuple[str, ...] = POLICY_NAMES,
+    setup: BenchSetup | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> dict:
+    setup = setup or BenchSetup(hours=hours)
+    setup.hours = hours
+    started = time.time()
+    sizing = size_static_peak(setup) if "static_peak" in policies else None
+    jobs = [(p, setup, progress and workers <= 1) for p in policies]
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            outputs = list(_iter_with_bar(pool.map(_simulate_job, jobs), len(jobs), progress))
+    else:
+        outputs = [_simulate_job(j) for j in jobs]
+    summaries = {p: summary for p, (summary, _) in zip(policies, outputs)}
+    report = {
+        "policies": summaries,
+        "comparisons": comparisons(summaries, setup, sizing),
+        "static_peak_sizing": sizing,
+        "setup": {
+            "hours": hours,
+            "model": setup.model,
+            "gpu": setup.gpu,
+            "tensor_parallel": setup.tensor_parallel,
+            "workload": setup.workload.__dict__,
+            "cold_start_s": setup.scaler.chiron.cold_start_s,
+            "dt_s": setup.settings.dt_s,
+            "horizon_s": next(iter(summaries.values()))["simulated_hours"] * 3600.0 if summaries else None,
+            "horizon_note": "every policy is simulated and billed over the same horizon: the arrival window "
+            "extended to the last batch deadline, interactive traffic continuing (trace repeated)",
+        },
+        "config": setup.scaler.model_dump(),
+        "wall_s": round(time.time() - started, 1),
+    }
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(report, f, indent=2)
+    if plot_out:
+        plot_timelines({p: tl for p, (_, tl) in zip(policies, outputs)}, report, plot_out)
+    return report
+
+
+def comparisons(summaries: dict, setup: BenchSetup, sizing: dict | None) -> dict:
+    """Chiron against static_peak and against every baseline that reaches the same attainment."""
+    out: dict = {"slo_target": SLO_TARGET}
+    chiron = summaries.get("chiron")
+    if chiron is None:
+        return out
+    meets = lambda s: s["interactive_slo_attainment"] >= SLO_TARGET and s["batch_deadline_attainment"] >= SLO_TARGET  # noqa: E731
+    out["chiron_meets_slo"] = meets(chiron)
+    out["chiron_actions_per_hour"] = chiron["scale_actions_per_hour"]
+    peak = summaries.get("static_peak")
+    if peak is not None:
+        out["gpu_hour_saving_vs_static_peak"] = 1 - chiron["gpu_hours"] / peak["gpu_hours"]
+        if sizing is not None:
+            # The smaller "keep-up" batch pool (finish each burst before the next arrives), GPU-h only (not simulated).
+            hours = peak["simulated_hours"]
+            keep_up_gpu_h = (sizing["interactive"] + sizing["batch_keep_up"]) * setup.tensor_parallel * hours
+            out["static_peak_keep_up_gpu_hours_unsimulated"] = keep_up_gpu_h
+            out["gpu_hour_saving_vs_static_peak_keep_up"] = 1 - chiron["gpu_hours"] / keep_up_gpu_h
+    same = {p: s for p, s in summaries.items() if p not in ("chiron", "static_peak") and meets(s)}
+    out["baselines_meeting_slo"] = sorted(same)
+    out["gpu_hour_saving_vs_baselines_meeting_slo"] = {p: 1 - chiron["gpu_hours"] / s["gpu_hours"] for p, s in same.items()}
+    out["chiron_fewest_gpu_hours_among_those"] = all(chiron["gpu_hours"] < s["gpu_hours"] for s in same.values())
+    return out
+
+
+def markdown_table(report: dict) -> str:
+    rows = [
+        "| policy | interactive SLO | TTFT | ITL | batch deadlines | GPU-h | peak GPUs | actions/h |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    tp = report["setup"]["tensor_parallel"]
+    for name, s in report["policies"].items():
+        rows.append(
+            f"| {name} | {s['interactive_slo_attainment']:.4f} | {s['ttft_attainment']:.4f} | {s['itl_attainment']:.4f} "
+            f"| {s['batch_deadline_attainment']:.3f} | {s['gpu_hours']:.1f} | {s['peak_instances'] * tp} "
+            f"| {s['scale_actions_per_hour']:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def _iter_with_bar(iterable, total: int, progress: bool):
+    if not progress:
+        yield from iterable
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc="policies", unit="policy") as bar:
+        for item in iterable:
+            bar.update(1)
+            yield item
+
+
+def plot_timelines(timelines: dict[str, dict], report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(timelines), 1, figsize=(11, 2.6 * len(timelines)), sharex=True, squeeze=False)
+    tp = report["setup"]["tensor_parallel"]
+    for ax, (policy, tl) in zip(axes[:, 0], timelines.items()):
+        t = np.asarray(tl["t"]) / 60.0
+        stacks = [np.asarray(tl[p]) * tp for p in ("interactive", "mixed", "batch")]
+        ax.stackplot(t, *stacks, labels=["interactive GPUs", "mixed GPUs", "batch GPUs"], alpha=0.7, step="post")
+        load = ax.twinx()
+        load.plot(t, tl["arrivals_per_s"], color="black", lw=0.7, label="interactive req/s")
+        load.plot(t, np.asarray(tl["batch_queued"]) / 100.0, color="red", lw=0.7, label="batch queued / 100")
+        load.set_ylabel("load")
+        s = report["policies"][policy]
+        ax.set_title(
+            f"{policy}: interactive SLO {s['interactive_slo_attainment']:.3f}, batch {s['batch_deadline_attainment']:.3f}, "
+            f"{s['gpu_hours']:.1f} GPU-h, {s['scale_actions_per_hour']:.1f} actions/h",
+            fontsize=9,
+        )
+        ax.set_ylabel("GPUs")
+        if ax is axes[0, 0]:
+            ax.legend(loc="upper left", fontsize=7)
+            load.legend(loc="upper right", fontsize=7)
+    axes[-1, 0].set_xlabel("minutes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@click.command("cluster")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), required=True, help="Write results here.")
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None, help="PNG of instances over time.")
+@click.option("--hours", type=float, default=1.0, show_default=True, help="Arrival window of the workload.")
+@click.option("--policy", "policies", multiple=True, type=click.Choice(POLICY_NAMES), help="Subset of policies.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Policies simulated in parallel.")
+def cluster_command(json_out: str, plot_out: str | None, hours: float, policies: tuple[str, ...], workers: int) -> None:
+    """Simulate a GPU cluster under every scaling policy and compare SLO attainment and GPU-hours."""
+    report = run_cluster_bench(json_out, plot_out, hours, tuple(policies) or POLICY_NAMES, workers=workers)
+    click.echo(markdown_table(report))
+    if report.get("static_peak_sizing"):
+        click.echo(f"static_peak sizing: {report['static_peak_sizing']}")
+    click.echo(f"comparisons: {json.dumps(report['comparisons'])}")
+    click.echo(f"wall {report['wall_s']} s")
+
+
+if __name__ == "__main__":
+    cluster_command()

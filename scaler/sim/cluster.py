@@ -1,0 +1,504 @@
+"""Time-quantum simulation of a GPU cluster under continuous batching.
+
+Every ``dt_s`` each instance admits queued requests up to its batch-size limit and KV capacity,
+spends prefill time on them (excess carries over to the next quantum as debt, so a long prefill
+stalls decoding exactly as it would without chunked prefill), and decodes the rest of the quantum
+at the step time of its current batch. Per-request progress is fractional, so the quantum only
+limits when admissions happen, not how fast tokens come. Everything per request is a numpy array;
+the per-instance loop runs only once per control period (local autoscaler) and global period.
+
+The scaling code is the real one: ``scaler.local_autoscaler.next_batch_size`` per instance every
+control period and ``get_policy(name).decide`` on a :class:`ClusterSnapshot` every policy period.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scaler.config import ScalerConfig
+from scaler.decision import ScaleDecision
+from scaler.local_autoscaler import LocalObservation, LocalState, next_batch_size
+from scaler.policies import get_policy
+from scaler.sim.latency import EngineModel
+from scaler.sim.workload import Requests
+from scaler.state import ClusterSnapshot, DeadlineGroup, LaneObservation, PoolObservation, WorkerObservation
+
+def _group_cumsum(values: np.ndarray, group_start: np.ndarray, inclusive: bool = True) -> np.ndarray:
+    """Running sum within runs of equal keys; ``group_start[j]`` is the index where j's run begins."""
+    cum = np.cumsum(values)
+    before_group = cum[group_start] - values[group_start]
+    out = cum - before_group
+    return out if inclusive else out - values
+
+
+POOL_CODE = {"interactive": 0, "batch": 1, "mixed": 2}
+POOL_NAME = {v: k for k, v in POOL_CODE.items()}
+STARTING, READY, DRAINING, STOPPED = 0, 1, 2, 3
+
+
+@dataclass
+class SimSettings:
+    dt_s: float = 0.25
+    cold_start_s: float = 60.0
+    initial_counts: dict[str, int] = field(default_factory=lambda: {"mixed": 8})
+    batch_prior_mean_tokens: float = 28.0
+    batch_prior_var_tokens: float = 1.0e4
+    # Predicted output tokens of an interactive request at arrival (the lane reports prompt + this).
+    interactive_prior_mean_tokens: float = 200.0
+    timeline_every_s: float = 10.0
+    # Chunked prefill with decode priority: new prompts may take at most this share of a quantum
+    # (one prompt always fits, its excess becomes debt), so decoding sequences keep stepping.
+    prefill_share: float = 0.6
+    # A mixed instance lends at most this share of a quantum to batch prefills, keeping headroom
+    # for interactive arrivals (which also preempt batch sequences outright).
+    mixed_batch_prefill_share: float = 0.25
+
+
+@dataclass
+class SimResult:
+    policy: str
+    horizon_s: float
+    interactive_ttft_s: np.ndarray
+    interactive_itl_s: np.ndarray  # nan for requests that never finished
+    interactive_counted: np.ndarray  # bool: arrived early enough to be judged
+    batch_finish_s: np.ndarray
+    batch_deadline_s: np.ndarray
+    gpu_seconds: float
+    decisions: list[ScaleDecision]
+    decision_times: list[float]
+    timeline: dict[str, list]
+
+
+class ClusterSimulation:
+    def __init__(
+        self,
+        policy: str,
+        config: ScalerConfig,
+        engine: EngineModel,
+        interactive: Requests,
+        batch: Requests,
+        horizon_s: float,
+        settings: SimSettings | None = None,
+    ):
+        self.policy_name = policy
+        self.policy = get_policy(policy)
+        self.policy_state = self.policy.initial_state()
+        self.config = config
+        self.engine = engine
+        self.settings = settings or SimSettings()
+        self.horizon_s = horizon_s
+        self.n_interactive = interactive.arrival_s.size
+        cat = lambda a, b: np.concatenate([a, b])  # noqa: E731
+        self.arrival = cat(interactive.arrival_s, batch.arrival_s)
+        self.ctx = cat(interactive.context_tokens, batch.context_tokens).astype(float)
+        self.gen = cat(interactive.generated_tokens, batch.generated_tokens).astype(float)
+        self.deadline = cat(interactive.deadline_s, batch.deadline_s)
+        self.job = cat(interactive.job, batch.job)
+        n = self.arrival.size
+        self.is_batch = np.arange(n) >= self.n_interactive
+        self.done = np.zeros(n)  # decode steps completed after the first token
+        self.first_token = np.full(n, np.nan)
+        self.finish = np.full(n, np.nan)
+        self.inst = np.full(n, -1)
+        self.prefill_tokens = self.ctx.copy()  # grows when a preempted request must recompute
+        self.kv_need = self.ctx + self.gen  # reserved whole at admission, so KV never overflows
+        self.n_jobs = int(batch.job.max()) + 1 if batch.job.size else 0
+        self.unfinished_per_job = np.bincount(batch.job, minlength=self.n_jobs).astype(float) if self.n_jobs else np.zeros(0)
+        self.job_deadline = np.zeros(self.n_jobs)
+        if self.n_jobs:
+            self.job_deadline[batch.job] = batch.deadline_s
+        self.job_arrived = np.zeros(self.n_jobs, dtype=bool)
+        self.iq = np.zeros(0, dtype=int)
+        self.bq = np.zeros(0, dtype=int)
+        self.run_ids = np.zeros(0, dtype=int)
+        self.next_interactive = 0
+        self.next_batch = self.n_interactive
+        self.kv_capacity = engine.kv_capacity_tokens
+        # Instances.
+        self.pool = np.zeros(0, dtype=int)
+        self.status = np.zeros(0, dtype=int)
+        self.launched = np.zeros(0)
+        self.ready_at = np.zeros(0)
+        self.stopped_at = np.zeros(0)
+        self.limit = np.zeros(0, dtype=int)
+        self.debt = np.zeros(0)
+        self.local: list[LocalState] = []
+        self.acc_busy = np.zeros(0)  # seconds with work, this control period
+        self.acc_steps = np.zeros(0)
+        self.acc_tokens = np.zeros(0)
+        self.acc_batch_tokens = np.zeros(0)
+        self.acc_interactive = np.zeros(0, dtype=bool)
+        self.global_batch_tokens = np.zeros(0)  # batch tokens since the last global period
+        self.global_interactive_tokens = np.zeros(0)  # interactive prompt + output tokens, same period
+        self.decisions: list[ScaleDecision] = []
+        self.decision_times: list[float] = []
+        self.timeline: dict[str, list] = {"t": [], "interactive": [], "mixed": [], "batch": [], "arrivals_per_s": [], "batch_queued": []}
+        self._arrivals_since = 0
+        self._arrivals_since_policy = 0
+        self._arrival_tokens_since_policy = 0.0
+
+    # ----------------------------------------------------------------- instances
+    def _launch(self, pool: str, count: int, now: float, ready_at: float) -> None:
+        grow = lambda a, v: np.concatenate([a, np.full(count, v, dtype=a.dtype)])  # noqa: E731
+        self.pool = grow(self.pool, POOL_CODE[pool])
+        self.status = grow(self.status, STARTING)
+        self.launched = grow(self.launched, now)
+        self.ready_at = grow(self.ready_at, ready_at)
+        self.stopped_at = grow(self.stopped_at, np.nan)
+        self.limit = grow(self.limit, self.config.local.initial_batch_size)
+        self.debt = grow(self.debt, 0.0)
+        for name in ("acc_busy", "acc_steps", "acc_tokens", "acc_batch_tokens", "global_batch_tokens", "global_interactive_tokens"):
+            setattr(self, name, grow(getattr(self, name), 0.0))
+        self.acc_interactive = grow(self.acc_interactive, False)
+        self.local.extend(LocalState.initial(self.config.local) for _ in range(count))
+
+    def _retire(self, pool: str, count: int, now: float, running: np.ndarray) -> None:
+        code = POOL_CODE[pool]
+        starting = np.flatnonzero((self.pool == code) & (self.status == STARTING))[::-1]
+        for i in starting[:count]:
+            self.status[i], self.stopped_at[i] = STOPPED, now
+        count -= min(count, starting.size)
+        if count <= 0:
+            return
+        ready = np.flatnonzero((self.pool == code) & (self.status == READY))
+        for i in ready[np.argsort(running[ready], kind="stable")][:count]:
+            self.status[i] = DRAINING
+
+    # ------------------------------------------------------------------ queueing
+    def _assign(self, queue: np.ndarray, free: np.ndarray, load: np.ndarray, kv_free: np.ndarray, prefill_left: np.ndarray):
+        """Hand the head of ``queue`` to instances, least loaded slot first; returns (ids, instances, rest).
+
+        An instance takes a request only if its KV reservation fits and the prefill already taken
+        this quantum is below ``prefill_left`` (so the first one always goes in).
+        """
+        total = int(free.sum())
+        k = min(queue.size, total)
+        if k == 0:
+            return queue[:0], queue[:0], queue
+        owners = np.flatnonzero(free > 0)
+        counts = free[owners]
+        slots = np.repeat(owners, counts)
+        rank = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+        slots = slots[np.lexsort((slots, load[slots] + rank))][:k]
+        cand = queue[:k]
+        need = self.kv_need[cand]
+        order = np.argsort(slots, kind="stable")
+        s_sorted, n_sorted = slots[order], need[order]
+        first = np.searchsorted(s_sorted, s_sorted, side="left")
+        ok = np.empty(k, dtype=bool)
+        ok[order] = (_group_cumsum(n_sorted, first) <= kv_free[s_sorted]) & (
+            _group_cumsum(self._prefill_cost(cand[order]), first, inclusive=False) < prefill_left[s_sorted]
+        )
+        return cand[ok], slots[ok], np.concatenate([cand[~ok], queue[k:]])
+
+    def _prefill_cost(self, ids: np.ndarray) -> np.ndarray:
+        return self.engine.prefill_compute_s(self.prefill_tokens[ids])
+
+    def _requeue_batch(self, ids: np.ndarray) -> None:
+        if ids.size:
+            merged = np.concatenate([self.bq, ids])
+            self.bq = merged[np.lexsort((merged, self.deadline[merged]))]
+
+    # ---------------------------------------------------------------------- loop
+    def run(self, progress=None) -> SimResult:
+        s, cfg = self.settings, self.config
+        dt = s.dt_s
+        for pool, count in self.initial_counts().items():
+            if count:
+                self._launch(pool, count, 0.0, 0.0)
+        control_every = max(1, round(cfg.local.control_period_s / dt))
+        policy_every = max(1, round(self.policy.period_s(cfg) / dt))
+        timeline_every = max(1, round(s.timeline_every_s / dt))
+        n_quanta = int(np.ceil(self.horizon_s / dt))
+        for q in range(n_quanta):
+            t = q * dt
+            self._arrive(t)
+            self.status[(self.status == STARTING) & (self.ready_at <= t)] = READY
+            self._quantum(t, dt)
+            if (q + 1) % control_every == 0:
+                self._local_control(control_every * dt)
+            if (q + 1) % policy_every == 0:
+                self._global_control(t + dt, policy_every * dt)
+            if (q + 1) % timeline_every == 0:
+                self._record(t + dt, timeline_every * dt)
+            if progress is not None:
+                progress(dt)
+        end = self.horizon_s
+        billed_until = np.where(np.isnan(self.stopped_at), end, self.stopped_at)
+        gpu_seconds = float(np.sum(billed_until - self.launched)) * self.engine.tensor_parallel
+        ni = self.n_interactive
+        ttft = self.first_token[:ni] - self.arrival[:ni]
+        gen = self.gen[:ni]
+        itl = np.where(gen > 1, (self.finish[:ni] - self.first_token[:ni]) / np.maximum(gen - 1, 1), 0.0)
+        return SimResult(
+            policy=self.policy_name,
+            horizon_s=end,
+            interactive_ttft_s=ttft,
+            interactive_itl_s=itl,
+            interactive_counted=self.arrival[:ni] < end - 120.0,
+            batch_finish_s=self.finish[ni:],
+            batch_deadline_s=self.deadline[ni:],
+            gpu_seconds=gpu_seconds,
+            decisions=self.decisions,
+            decision_times=self.decision_times,
+            timeline=self.timeline,
+        )
+
+    def initial_counts(self) -> dict[str, int]:
+        if hasattr(self.policy, "initial_counts"):
+            return self.policy.initial_counts(self.config)
+        return dict(self.settings.initial_counts)
+
+    def _arrive(self, t: float) -> None:
+        end_i = int(np.searchsorted(self.arrival[: self.n_interactive], t, side="left"))
+        if end_i > self.next_interactive:
+            self.iq = np.concatenate([self.iq, np.arange(self.next_interactive, end_i)])
+            self._arrivals_since += end_i - self.next_interactive
+            self._arrivals_since_policy += end_i - self.next_interactive
+            self._arrival_tokens_since_policy += float(
+                self.ctx[self.next_interactive : end_i].sum()
+                + (end_i - self.next_interactive) * self.settings.interactive_prior_mean_tokens
+            )
+            self.next_interactive = end_i
+        end_b = self.n_interactive + int(np.searchsorted(self.arrival[self.n_interactive :], t, side="left"))
+        if end_b > self.next_batch:
+            new = np.arange(self.next_batch, end_b)
+            self.job_arrived[np.unique(self.job[new])] = True
+            self._requeue_batch(new)
+            self.next_batch = end_b
+
+    def _quantum(self, t: float, dt: float) -> None:
+        n_inst = self.pool.size
+        run = self.run_ids
+        inst_of = self.inst[run]
+        running = np.bincount(inst_of, minlength=n_inst)
+        running_batch = np.bincount(inst_of, weights=self.is_batch[run], minlength=n_inst)
+        kv_used = np.bincount(inst_of, weights=self.kv_need[run], minlength=n_inst)
+        ready = self.status == READY
+        serving = ready & (self.pool != POOL_CODE["batch"])
+
+        # Interactive first; a mixed instance preempts its batch sequences for waiting interactive ones.
+        prefill_left = self.settings.prefill_share * dt - self.debt
+        free = np.where(serving, np.maximum(self.limit - running, 0), 0)
+        adm_i, inst_i, self.iq = self._assign(self.iq, free, running, self.kv_capacity - kv_used, prefill_left)
+        prefill_left = prefill_left - np.bincount(inst_i, weights=self._prefill_cost(adm_i), minlength=n_inst)
+        running_i = running + np.bincount(inst_i, minlength=n_inst)
+        kv_i = kv_used + np.bincount(inst_i, weights=self.kv_need[adm_i], minlength=n_inst)
+        if self.iq.size:
+            victims = self._preempt_for_interactive(run, ready, running_batch, self.iq.size)
+            if victims.size:
+                keep = ~np.isin(run, victims)
+                run, inst_of = run[keep], inst_of[keep]
+                vi = self.inst[victims]
+                running_i -= np.bincount(vi, minlength=n_inst)
+                running_batch -= np.bincount(vi, minlength=n_inst)
+                kv_i -= np.bincount(vi, weights=self.kv_need[victims], minlength=n_inst)
+                self.inst[victims] = -1
+                self._requeue_batch(victims)
+                free = np.where(serving, np.maximum(self.limit - running_i, 0), 0)
+                more, more_inst, self.iq = self._assign(self.iq, free, running_i, self.kv_capacity - kv_i, prefill_left)
+                prefill_left = prefill_left - np.bincount(more_inst, weights=self._prefill_cost(more), minlength=n_inst)
+                adm_i, inst_i = np.concatenate([adm_i, more]), np.concatenate([inst_i, more_inst])
+                running_i += np.bincount(more_inst, minlength=n_inst)
+                kv_i += np.bincount(more_inst, weights=self.kv_need[more], minlength=n_inst)
+
+        # Batch: batch pool always, mixed pool only while no interactive request waits.
+        takes_batch = ready & ((self.pool == POOL_CODE["batch"]) | ((self.pool == POOL_CODE["mixed"]) & (self.iq.size == 0)))
+        free = np.where(takes_batch, np.maximum(self.limit - running_i, 0), 0)
+        lend_cap = self.settings.mixed_batch_prefill_share * dt - self.debt
+        batch_prefill_left = np.where(self.pool == POOL_CODE["mixed"], np.minimum(prefill_left, lend_cap), prefill_left)
+        adm_b, inst_b, self.bq = self._assign(self.bq, free, running_i, self.kv_capacity - kv_i, batch_prefill_left)
+
+        admitted = np.concatenate([adm_i, adm_b])
+        admitted_inst = np.concatenate([inst_i, inst_b])
+        self.inst[admitted] = admitted_inst
+        run = np.concatenate([run, admitted])
+        inst_of = np.concatenate([inst_of, admitted_inst])
+
+        # Time: prefill first (overflow becomes debt), then decode for what is left of the quantum.
+        prefill = np.bincount(
+            admitted_inst, weights=self.engine.prefill_compute_s(self.prefill_tokens[admitted]), minlength=n_inst
+        ).astype(float)
+        prefill += np.where(np.bincount(admitted_inst, minlength=n_inst) > 0, self.engine.overhead_s, 0.0)
+        budget = dt - self.debt
+        decode_time = np.clip(budget - prefill, 0.0, None)
+        first_at = t + self.debt + prefill
+        self.debt = np.maximum(prefill - budget, 0.0)
+        fresh = admitted[np.isnan(self.first_token[admitted])]
+        self.first_token[fresh] = first_at[self.inst[fresh]]
+
+        batch_size = np.bincount(inst_of, minlength=n_inst)
+        kv_read = np.bincount(inst_of, weights=self.ctx[run] + self.done[run], minlength=n_inst)
+        step = self.engine.decode_step_s(batch_size, kv_read)
+        steps = np.where(batch_size > 0, decode_time / step, 0.0)
+        before = self.done[run]
+        self.done[run] = before + steps[inst_of]
+        finished_mask = self.done[run] >= self.gen[run] - 1
+        if finished_mask.any():
+            fin = run[finished_mask]
+            fi = inst_of[finished_mask]
+            decode_start = t + dt - decode_time[fi]
+            t_fin = decode_start + np.maximum(self.gen[fin] - 1 - before[finished_mask], 0.0) * step[fi]
+            self.finish[fin] = np.maximum(t_fin, self.first_token[fin])
+            batch_fin = fin[self.is_batch[fin]]
+            if batch_fin.size:
+                self.unfinished_per_job -= np.bincount(self.job[batch_fin], minlength=self.n_jobs)
+            run = run[~finished_mask]
+        self.run_ids = run
+
+        busy = (batch_size > 0) | (prefill > 0)
+        self.acc_busy += np.where(busy, dt, 0.0)
+        self.acc_steps += steps
+        run_batch_count = np.bincount(self.inst[run], weights=self.is_batch[run], minlength=n_inst)
+        tokens_batch = steps * run_batch_count + np.bincount(inst_b, minlength=n_inst)
+        self.acc_tokens += steps * batch_size + np.bincount(admitted_inst, minlength=n_inst)
+        self.acc_batch_tokens += tokens_batch
+        self.global_batch_tokens += tokens_batch
+        run_inter_count = np.bincount(self.inst[run], weights=~self.is_batch[run], minlength=n_inst)
+        self.global_interactive_tokens += steps * run_inter_count + np.bincount(
+            inst_i, weights=self.ctx[adm_i], minlength=n_inst
+        )
+        self.acc_interactive |= np.bincount(self.inst[run], weights=~self.is_batch[run], minlength=n_inst) > 0
+
+        # Draining instances leave once empty.
+        still = np.bincount(self.inst[self.run_ids], minlength=n_inst)
+        gone = (self.status == DRAINING) & (still == 0) & (self.debt <= 0)
+        self.status[gone], self.stopped_at[gone] = STOPPED, t + dt
+
+    def _interactive_present(self, n_inst: int) -> np.ndarray:
+        run = self.run_ids
+        return np.bincount(self.inst[run], weights=~self.is_batch[run], minlength=n_inst) > 0
+
+    def _preempt_for_interactive(self, run, ready, running_batch, waiting: int) -> np.ndarray:
+        mixed = np.flatnonzero(ready & (self.pool == POOL_CODE["mixed"]) & (running_batch > 0))
+        if mixed.size == 0:
+            return np.zeros(0, dtype=int)
+        batch_run = run[self.is_batch[run]]
+        chosen = []
+        left = waiting
+        for i in mixed:
+            if left <= 0:
+                break
+            mine = batch_run[self.inst[batch_run] == i]
+            take = mine[-left:]  # youngest first: least recompute lost
+            chosen.append(take)
+            left -= take.size
+        victims = np.concatenate(chosen) if chosen else np.zeros(0, dtype=int)
+        # Recompute preemption: the next prefill covers the prompt and what was generated.
+        self.prefill_tokens[victims] = self.ctx[victims] + self.done[victims] + 1
+        return victims
+
+    # ------------------------------------------------------------------ control
+    def _local_control(self, period: float) -> None:
+        lc, slo = self.config.local, self.config.slo.itl_s
+        for i in np.flatnonzero((self.status == READY) | (self.status == DRAINING)):
+            itl = self.acc_busy[i] / self.acc_steps[i] if self.acc_steps[i] > 0 else None
+            obs = LocalObservation(
+                itl_s=itl,
+                tokens_per_s=self.acc_tokens[i] / period,
+                running=self._running_count(i),
+                itl_slo_s=slo if self.acc_interactive[i] else None,
+            )
+            self.local[i], _ = next_batch_size(self.local[i], obs, lc)
+            self.limit[i] = self.local[i].batch_limit
+        self.acc_busy[:] = 0
+        self.acc_steps[:] = 0
+        self.acc_tokens[:] = 0
+        self.acc_batch_tokens[:] = 0
+        self.acc_interactive[:] = False
+        self._running_cache = None
+
+    def _running_count(self, i: int) -> int:
+        cache = getattr(self, "_running_cache", None)
+        if cache is None or cache.size != self.pool.size:
+            cache = np.bincount(self.inst[self.run_ids], minlength=self.pool.size)
+            self._running_cache = cache
+        return int(cache[i])
+
+    def snapshot(self, now: float, period: float) -> ClusterSnapshot:
+        n_inst = self.pool.size
+        run = self.run_ids
+        inst_of = self.inst[run]
+        rb = np.bincount(inst_of, weights=self.is_batch[run], minlength=n_inst).astype(int)
+        ri = np.bincount(inst_of, minlength=n_inst) - rb
+        pools = {}
+        for name, code in POOL_CODE.items():
+            mine = self.pool == code
+            pools[name] = PoolObservation(
+                pool=name,
+                ready=int(np.sum(mine & (self.status == READY))),
+                starting=int(np.sum(mine & (self.status == STARTING))),
+                draining=int(np.sum(mine & (self.status == DRAINING))),
+            )
+        workers = tuple(
+            WorkerObservation(
+                worker_id=str(i),
+                pool=POOL_NAME[int(self.pool[i])],
+                ready=True,
+                running_interactive=int(ri[i]),
+                running_batch=int(rb[i]),
+                batch_limit=int(self.limit[i]),
+                itl_ewma_s=self.local[i].itl_ewma_s,
+                batch_tokens_per_s=float(self.global_batch_tokens[i] / period),
+                draining=bool(self.status[i] == DRAINING),
+                interactive_tokens_per_s=float(self.global_interactive_tokens[i] / period),
+            )
+            for i in np.flatnonzero((self.status == READY) | (self.status == DRAINING))
+        )
+        iq = self.iq
+        interactive = LaneObservation(
+            slo_class="interactive",
+            queued=int(iq.size),
+            oldest_wait_s=float(now - self.arrival[iq[0]]) if iq.size else 0.0,
+            arrival_rate_per_s=self._arrivals_since_policy / period,
+            arrival_tokens_per_s=self._arrival_tokens_since_policy / period,
+        )
+        s = self.settings
+        live = np.flatnonzero(self.job_arrived & (self.unfinished_per_job > 0))
+        groups = tuple(
+            DeadlineGroup(
+                deadline=float(self.job_deadline[j]),
+                requests=int(self.unfinished_per_job[j]),
+                predicted_tokens=float(self.unfinished_per_job[j] * s.batch_prior_mean_tokens),
+                predicted_variance=float(self.unfinished_per_job[j] * s.batch_prior_var_tokens),
+            )
+            for j in live
+        )
+        batch = LaneObservation(
+            slo_class="batch",
+            queued=int(self.bq.size),
+            oldest_wait_s=float(now - self.arrival[self.bq].min()) if self.bq.size else 0.0,
+            deadline_groups=groups,
+        )
+        return ClusterSnapshot(now=now, observed_at=now, complete=True, pools=pools, workers=workers, interactive=interactive, batch=batch)
+
+    def _global_control(self, now: float, period: float) -> None:
+        snap = self.snapshot(now, period)
+        decisions, self.policy_state = self.policy.decide(snap, self.policy_state, self.config)
+        running = np.bincount(self.inst[self.run_ids], minlength=self.pool.size)
+        for d in decisions:
+            if not d.is_change:
+                continue
+            self.decisions.append(d)
+            self.decision_times.append(now)
+            if d.target > d.current:
+                self._launch(d.pool, d.target - d.current, now, now + self.settings.cold_start_s)
+                running = np.concatenate([running, np.zeros(d.target - d.current, dtype=running.dtype)])
+            else:
+                self._retire(d.pool, d.current - d.target, now, running)
+        self.global_batch_tokens[:] = 0
+        self.global_interactive_tokens[:] = 0
+        self._arrivals_since_policy = 0
+        self._arrival_tokens_since_policy = 0.0
+
+    def _record(self, now: float, period: float) -> None:
+        billed = self.status != STOPPED
+        tl = self.timeline
+        tl["t"].append(now)
+        for name, code in POOL_CODE.items():
+            tl[name].append(int(np.sum(billed & (self.pool == code))))
+        tl["arrivals_per_s"].append(self._arrivals_since / period)
+        tl["batch_queued"].append(int(self.bq.size))
+        self._arrivals_since = 0
