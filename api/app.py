@@ -20,6 +20,7 @@ from api.enqueue import Enqueuer
 from api.errors import APIError, bad_request
 from api.events import EventHub, RequestFailed, RequestTimedOut, WorkerLost, follow
 from api.metrics import Metrics
+from api.prediction import attach_predictor, record_feedback
 from api.schemas import ChatCompletionRequest, CompletionRequest
 from broker.messages import GenerationRequest
 from broker.redelivery import redeliver_from_dead_workers
@@ -43,11 +44,13 @@ class SluiceAPI:
         self.aioredis = async_client(settings.redis_url)
         self.events = EventHub(self.aioredis)
         self.celery = create_app(settings)
-        self.enqueuer = Enqueuer(self.celery, self.redis, settings.lane_admission_limits, settings.retry_after_s)
+        self.enqueuer = Enqueuer(self.celery, self.redis, settings.lane_admission_limits, settings.retry_after_s,
+                                 keep_prompt_text=settings.keep_prompt_text)
         self.metrics = Metrics(self.redis, settings.lanes)
         self.scoring = ScoringPolicy(settings.queue_policy, settings.ssjf_aging_tokens_per_s,
                                      settings.ssjf_max_predicted_tokens)
         self.predictor = None  # set by attach_predictor when the policy needs predictions
+        self._background: set[asyncio.Task] = set()
 
     # --- request preparation --------------------------------------------------
     def tokenize(self, body) -> tuple[list[int], str]:
@@ -83,9 +86,13 @@ class SluiceAPI:
             request.predicted_output_tokens = float(oracle)
         request.score = self.scoring.score(request.enqueued_at, request.predicted_output_tokens,
                                            true_output_tokens=oracle)
-        if not self.settings.keep_prompt_text and self.scoring.name == "fcfs":
-            request.prompt_text = None
         return request
+
+    def on_done(self, request: GenerationRequest, record: dict) -> None:
+        self.metrics.observe_done(request.slo, record)
+        task = asyncio.get_running_loop().create_task(record_feedback(self, request, record))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def submit(self, request: GenerationRequest) -> None:
         await anyio.to_thread.run_sync(self.enqueuer.enqueue, request)
@@ -121,14 +128,14 @@ def create_api(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         sluice = SluiceAPI(settings)
         if settings.queue_policy == "ssjf":
-            from api.prediction import attach_predictor
-
             await attach_predictor(sluice)
         state["sluice"] = sluice
         background = [asyncio.create_task(sluice.sweep_dead_workers()), asyncio.create_task(sluice.events.run())]
         yield
         for task in background:
             task.cancel()
+        if sluice.predictor is not None:
+            await sluice.predictor.close()
         await sluice.events.close()
         await sluice.aioredis.aclose()
 
@@ -164,6 +171,7 @@ def create_api(settings: Settings) -> FastAPI:
             return JSONResponse({"status": "unhealthy", "redis": str(exc)}, status_code=503)
         workers = await sluice.aioredis.zcard("sluice:workers")
         return {"status": "ok", "model": settings.model_name, "queue_policy": settings.queue_policy,
+                "predictor_version": sluice.predictor.version if sluice.predictor else None,
                 "registered_workers": workers}
 
     @app.get("/metrics")
@@ -214,7 +222,7 @@ async def collect(sluice: SluiceAPI, request: GenerationRequest) -> JSONResponse
     except RequestTimedOut as exc:
         sluice.metrics.requests.labels(request.slo, "timeout").inc()
         raise APIError(504, str(exc), type="timeout_error") from None
-    sluice.metrics.observe_done(request.slo, record)
+    sluice.on_done(request, record)
     text = "".join(parts)
     created = int(request.enqueued_at)
     finish = _openai_finish_reason(record["finish_reason"])
@@ -256,7 +264,7 @@ async def stream_events(sluice: SluiceAPI, request: GenerationRequest, include_u
                 sent["tokens"] += event["tokens"]
                 yield _sse(chunk(event["text"]))
             elif event["type"] == "done":
-                sluice.metrics.observe_done(request.slo, event)
+                sluice.on_done(request, event)
                 yield _sse(chunk(None if chat else "", finish=_openai_finish_reason(event["finish_reason"])))
                 if include_usage:
                     yield _sse({"id": request.request_id, "object": obj, "created": created, "model": request.model,

@@ -14,7 +14,9 @@ REQUEST_STATE_TTL_S = 24 * 3600
 
 
 class Enqueuer:
-    def __init__(self, celery_app, client: redis.Redis, admission_limits: dict[str, int], retry_after_s: int):
+    def __init__(self, celery_app, client: redis.Redis, admission_limits: dict[str, int], retry_after_s: int,
+                 keep_prompt_text: bool = False):
+        self.keep_prompt_text = keep_prompt_text
         self.celery_app = celery_app
         self.client = client
         self.admission_limits = admission_limits
@@ -37,6 +39,8 @@ class Enqueuer:
         })
         self.client.expire(keys.request_key(request.request_id), REQUEST_STATE_TTL_S)
         self.celery_app.send_task(
-            TASK_NAME, args=[request.model_dump(mode="json")], task_id=request.request_id,
+            # Prompt text stays in the API (for the predictor's log) unless keeping it is configured.
+            TASK_NAME, args=[request.model_dump(mode="json", exclude=None if self.keep_prompt_text else {"prompt_text"})],
+            task_id=request.request_id,
             queue=lane, routing_key=lane, headers={SCORE_HEADER: request.score},
         )

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
         20.0, description="Aging: a request is overtaken only by requests arriving < predicted_tokens/this seconds later."
     )
     ssjf_max_predicted_tokens: float = Field(4096.0, description="Cap on the predicted length used in scores.")
+    predictor_registry: Path | None = Field(
+        None, description="Predictor version registry. Unset: SLUICE_PREDICTOR_REGISTRY or var/predictor-registry.")
+    predictor_reload_interval_s: float = Field(10.0, description="How often the API checks for a new predictor version.")
+    predictor_feedback: bool = Field(True, description="Log finished requests for `sluice predictor retrain`.")
+    predictor_feedback_max_entries: int = Field(50_000, description="Bound on the traffic log.")
     keep_prompt_text: bool = Field(False, description="Keep prompt text in the completion log (privacy: off by default).")
     visibility_timeout_s: float = Field(
         6 * 3600.0,

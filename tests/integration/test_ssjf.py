@@ -1,0 +1,96 @@
+"""SSJF through the real stack: the predictor scores requests, the worker serves predicted-shortest first,
+and a newly published predictor version is picked up without a restart."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import pytest
+
+from broker import keys
+from predictor.predictor import DEFAULT_ARTIFACT_DIR
+from predictor.registry import ModelRegistry
+from tests.conftest import free_port, wait_until
+from tests.integration.conftest import wait_for_idle
+
+pytestmark = pytest.mark.integration
+MODEL = "sluice-tiny-llama"
+SHORT_PROMPT = "What is 2 + 2? Reply with just the number."
+LONG_PROMPT = ("Write a detailed, multi-chapter essay on the history of the Roman Empire, from its founding to "
+               "the fall of Constantinople, covering politics, economy, military campaigns and culture.")
+
+
+@pytest.fixture(scope="module")
+def ssjf_api(stack, tmp_path_factory):
+    registry_root = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    api = stack.start("api-ssjf", ["api", "--port", str(port)], SLUICE_QUEUE_POLICY="ssjf",
+                      SLUICE_PREDICTOR_REGISTRY=str(registry_root), SLUICE_PREDICTOR_RELOAD_INTERVAL_S="1",
+                      SLUICE_SSJF_AGING_TOKENS_PER_S="1")
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy():
+        try:
+            return httpx.get(base + "/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(healthy, 180, "the SSJF API", interval=0.5, process=api)
+    yield base, registry_root
+    api.stop()
+
+
+def test_ssjf_scores_by_predicted_length(ssjf_api):
+    base, _ = ssjf_api
+    with httpx.Client(base_url=base, timeout=120) as http:
+        short = http.post("/v1/completions", json={"model": MODEL, "prompt": SHORT_PROMPT, "max_tokens": 2}).json()
+        long = http.post("/v1/completions", json={"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 2}).json()
+    assert short["sluice"]["predicted_output_tokens"] < long["sluice"]["predicted_output_tokens"]
+    queued_gap = long["sluice"]["score"] - short["sluice"]["score"]
+    predicted_gap = long["sluice"]["predicted_output_tokens"] - short["sluice"]["predicted_output_tokens"]
+    assert queued_gap > predicted_gap * 0.5  # aging rate 1 token/s: the prediction dominates the score
+
+
+def test_ssjf_serves_predicted_shortest_first_when_the_worker_is_full(stack, ssjf_api):
+    """The worker is parked while a long-predicted and then a short-predicted request queue up;
+    once it consumes again (one at a time), the later, shorter one goes first."""
+    base, _ = ssjf_api
+    wait_for_idle(stack)
+    stack.redis.delete(keys.COMPLETIONS)
+    app = stack.celery()
+    replies = {}
+
+    def send(name, prompt):
+        with httpx.Client(base_url=base, timeout=300) as http:
+            replies[name] = http.post("/v1/completions", json={"model": MODEL, "prompt": prompt,
+                                                               "max_tokens": 3, "ignore_eos": True}).json()
+
+    stack.set_batch_size("main@test", 1)
+    app.control.cancel_consumer("interactive", destination=["main@test"], reply=True, timeout=5)
+    threads = []
+    try:
+        for count, (name, prompt) in enumerate([("long", LONG_PROMPT), ("short", SHORT_PROMPT)], start=1):
+            threads.append(threading.Thread(target=send, args=(name, prompt)))
+            threads[-1].start()
+            wait_until(lambda: stack.redis.zcard(keys.lane_key("interactive")) == count, 30, f"{name} queued")
+    finally:
+        app.control.add_consumer("interactive", destination=["main@test"], reply=True, timeout=5)
+    for thread in threads:
+        thread.join(300)
+    stack.set_batch_size("main@test", 32)
+    finished = [json.loads(raw)["request_id"] for raw in reversed(stack.redis.lrange(keys.COMPLETIONS, 0, -1))]
+    assert finished.index(replies["short"]["id"]) < finished.index(replies["long"]["id"])
+
+
+def test_new_predictor_version_is_hot_reloaded(ssjf_api):
+    base, registry_root = ssjf_api
+    before = httpx.get(base + "/healthz", timeout=10).json()["predictor_version"]
+    ModelRegistry(registry_root).publish(DEFAULT_ARTIFACT_DIR, "v-hot-reload-test")
+    wait_until(lambda: httpx.get(base + "/healthz", timeout=10).json()["predictor_version"] == "v-hot-reload-test",
+               60, "the API to load the new version")
+    assert before != "v-hot-reload-test"
+    reply = httpx.post(base + "/v1/completions", json={"model": MODEL, "prompt": SHORT_PROMPT, "max_tokens": 2},
+                       timeout=60).json()
+    assert reply["sluice"]["predicted_output_tokens"] > 0
