@@ -176,6 +176,12 @@ def _mount_optional_commands() -> None:
     except ImportError as exc:  # pragma: no cover - only while a module is missing
         log.debug("bench broker unavailable: %s", exc)
     try:
+        from bench.ssjf import ssjf_command
+
+        bench.add_command(ssjf_command, "ssjf")
+    except ImportError as exc:  # pragma: no cover
+        log.debug("bench ssjf unavailable: %s", exc)
+    try:
         from bench.cluster import cluster_command
 
         bench.add_command(cluster_command, "cluster")

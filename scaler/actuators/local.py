@@ -1,0 +1,247 @@
+"""Local actuator: one ``sluice worker`` subprocess per instance on this machine (the embedded default).
+
+* scale-out spawns ``sys.executable -m sluice.cli worker --pool P --lanes L --worker-id
+  sluice-<pool>-<n>@<host>`` (its own session, the actuator's environment, output in
+  ``<log_dir>/<worker-id>.log``); ``starting`` until its heartbeat hash appears in Redis, then ``ready``;
+* scale-in sends SIGTERM to the main process of the chosen workers (least loaded first): Celery's warm
+  shutdown stops consuming, finishes the in-flight tasks and exits; unacked messages go back to their lane.
+  The process stays ``draining`` until it exits, then it is reaped. Only the main process is signalled:
+  the engine's own child processes must keep serving until the worker has finished its requests;
+* ``close()`` drains every worker it started and waits for them (``drain_timeout_s``; only after that
+  timeout is a worker's process group killed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, IO, Sequence
+
+from broker import keys
+
+from .base import (
+    ActuationResult, InstanceInfo, PoolCount, check_pool, clamp_target, count_instances, plan_scale,
+    pool_lanes, read_heartbeats,
+)
+
+log = logging.getLogger(__name__)
+
+CommandFactory = Callable[[str, str], Sequence[str]]
+
+
+def worker_command(pool: str, worker_id: str, extra_args: Sequence[str] = (),
+                   python: str | None = None) -> list[str]:
+    """The default command: the real Sluice worker for ``pool``."""
+    return [python or sys.executable, "-m", "sluice.cli", "worker", "--pool", pool,
+            "--lanes", ",".join(pool_lanes(pool)), "--worker-id", worker_id, *extra_args]
+
+
+@dataclass
+class _Worker:
+    worker_id: str
+    pool: str
+    index: int
+    popen: subprocess.Popen
+    log_path: Path
+    log_file: IO[bytes]
+    started_at: float
+    draining_since: float | None = None
+    killed: bool = False
+
+
+@dataclass(frozen=True)
+class ExitRecord:
+    worker_id: str
+    pool: str
+    returncode: int
+    drained: bool  # True: it exited after we asked it to drain; False: it died on its own
+    log_path: Path
+
+
+class LocalActuator:
+    def __init__(self, redis=None, redis_url: str | None = None, *, extra_args: Sequence[str] = (),
+                 command_factory: CommandFactory | None = None, max_starting: int | None = 4,
+                 log_dir: str | Path | None = None, env: dict[str, str] | None = None,
+                 drain_timeout_s: float = 300.0, max_instances: int | None = 64, host: str | None = None,
+                 cwd: str | Path | None = None):
+        """``redis``: a client for reading heartbeats (or ``redis_url``; default: the settings' URL).
+        ``command_factory(pool, worker_id) -> argv`` replaces the real worker command (tests).
+        ``max_starting``: at most this many instances starting at once (None: no cap); a larger
+        scale-out reports the rest as ``pending`` and the next ``scale`` call continues it."""
+        if redis is None:
+            from sluice.redis_clients import sync_client
+
+            if redis_url is None:
+                from sluice.config import get_settings
+
+                redis_url = get_settings().require_redis_url()
+            redis = sync_client(redis_url)
+        self.redis = redis
+        self.env = dict(os.environ if env is None else env)
+        if redis_url is not None:
+            self.env["SLUICE_REDIS_URL"] = redis_url  # the workers use the Redis the actuator watches
+        self.extra_args = tuple(extra_args)
+        self.command_factory = command_factory or (lambda pool, wid: worker_command(pool, wid, self.extra_args))
+        self.max_starting = max_starting
+        self.log_dir = Path(log_dir) if log_dir is not None else Path(tempfile.mkdtemp(prefix="sluice-workers-"))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.drain_timeout_s = drain_timeout_s
+        self.max_instances = max_instances
+        self.host = host or socket.gethostname()
+        self.cwd = str(cwd) if cwd is not None else None
+        self._workers: dict[str, _Worker] = {}
+        self._next_index: dict[str, int] = {}
+        self.exits: list[ExitRecord] = []
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # --- observation ------------------------------------------------------------------------
+    def reap(self) -> list[ExitRecord]:
+        """Forget workers whose process has exited; returns the new exit records."""
+        records = []
+        with self._lock:
+            for worker_id, worker in list(self._workers.items()):
+                code = worker.popen.poll()
+                if code is None:
+                    continue
+                del self._workers[worker_id]
+                worker.log_file.close()
+                self._kill_group(worker, signal.SIGTERM)  # engine children orphaned by a crash
+                record = ExitRecord(worker_id, worker.pool, code, worker.draining_since is not None, worker.log_path)
+                records.append(record)
+                if record.drained:
+                    log.info("worker %s drained and exited (code %s)", worker_id, code)
+                else:
+                    log.warning("worker %s exited unexpectedly (code %s); log: %s", worker_id, code, worker.log_path)
+            self.exits.extend(records)
+        return records
+
+    def instances(self, pool: str) -> list[InstanceInfo]:
+        check_pool(pool)
+        self.reap()
+        with self._lock:
+            workers = [w for w in self._workers.values() if w.pool == pool]
+        beats = read_heartbeats(self.redis, [w.worker_id for w in workers])
+        result = []
+        for worker in workers:
+            beat = beats.get(worker.worker_id)
+            state = "draining" if worker.draining_since is not None else ("ready" if beat else "starting")
+            result.append(InstanceInfo(
+                instance_id=worker.worker_id, pool=pool, state=state, worker_id=worker.worker_id,
+                inflight=beat.get("inflight") if beat else None,
+                admission_limit=beat.get("admission_limit") if beat else None, started_at=worker.started_at))
+        return result
+
+    def current(self, pool: str) -> PoolCount:
+        return count_instances(self.instances(pool))
+
+    def pid(self, worker_id: str) -> int | None:
+        with self._lock:
+            worker = self._workers.get(worker_id)
+            return worker.popen.pid if worker else None
+
+    # --- actions ------------------------------------------------------------------------------
+    def scale(self, pool: str, target: int) -> ActuationResult:
+        check_pool(pool)
+        if self._closed:
+            raise RuntimeError("actuator is closed")
+        requested = target
+        target = clamp_target(target, self.max_instances)
+        with self._lock:
+            instances = self.instances(pool)
+            before = count_instances(instances)
+            plan = plan_scale(instances, target, self.max_starting)
+            started, drained, errors = [], [], []
+            for _ in range(plan.start):
+                try:
+                    started.append(self._spawn(pool))
+                except OSError as exc:
+                    errors.append(f"spawn failed: {exc}")
+                    break
+            for info in plan.drain:
+                self._drain(self._workers[info.instance_id])
+                drained.append(info.instance_id)
+        result = ActuationResult(pool=pool, requested=requested, target=target, before=before,
+                                 started=tuple(started), drained=tuple(drained),
+                                 pending=plan.pending + (plan.start - len(started)), errors=tuple(errors))
+        if result.changed or result.errors:
+            log.info("local actuator %s", result.describe())
+        return result
+
+    def _new_worker_id(self, pool: str) -> tuple[int, str]:
+        index = self._next_index.get(pool, 0)
+        while True:
+            worker_id = f"sluice-{pool}-{index}@{self.host}"
+            # Skip ids still tracked or with a live heartbeat (e.g. from a previous actuator).
+            if worker_id not in self._workers and not self.redis.exists(keys.worker_key(worker_id)):
+                break
+            index += 1
+        self._next_index[pool] = index + 1
+        return index, worker_id
+
+    def _spawn(self, pool: str) -> str:
+        index, worker_id = self._new_worker_id(pool)
+        argv = list(self.command_factory(pool, worker_id))
+        log_path = self.log_dir / f"{worker_id.replace('@', '_at_').replace('/', '_')}.log"
+        log_file = open(log_path, "ab")
+        try:
+            popen = subprocess.Popen(argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+                                     stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError:
+            log_file.close()
+            raise
+        self._workers[worker_id] = _Worker(worker_id, pool, index, popen, log_path, log_file, time.time())
+        log.info("started worker %s (pid %d, pool %s); log: %s", worker_id, popen.pid, pool, log_path)
+        return worker_id
+
+    def _drain(self, worker: _Worker) -> None:
+        if worker.draining_since is not None:
+            return
+        worker.draining_since = time.time()
+        try:
+            # The main process only: Celery warm shutdown; the engine's children keep serving until it exits.
+            worker.popen.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        log.info("draining worker %s (pid %d)", worker.worker_id, worker.popen.pid)
+
+    @staticmethod
+    def _kill_group(worker: _Worker, signum: int) -> None:
+        try:
+            os.killpg(worker.popen.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Drain every worker this actuator started and wait for them to exit (idempotent)."""
+        timeout_s = self.drain_timeout_s if timeout_s is None else timeout_s
+        with self._lock:
+            self._closed = True
+            workers = list(self._workers.values())
+            for worker in workers:
+                self._drain(worker)
+        deadline = time.monotonic() + timeout_s
+        for worker in workers:
+            try:
+                worker.popen.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker %s did not drain within %.0f s; killing it", worker.worker_id, timeout_s)
+                worker.killed = True
+                self._kill_group(worker, signal.SIGKILL)
+                worker.popen.wait()
+        self.reap()
+
+    def __enter__(self) -> "LocalActuator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
