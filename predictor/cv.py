@@ -1,0 +1,172 @@
+"""K-fold cross-validation on the TRAIN prompts only (the validation split is never touched here).
+
+Folds are by prompt and deterministic: fold = sha256("cv:" + prompt_id) % k. Each run fine-tunes one
+model per (fold, seed), saves every head's out-of-fold log predictions (and, for weight averaging, the
+fold model's weights) under ``--out``; ``summarize`` scores single runs, prediction ensembles, weight
+soups and the own-head mix. Usage::
+
+    .venv/bin/python -m predictor.cv run --name base --seeds 0 1 --out /tmp/predictor-cv
+    .venv/bin/python -m predictor.cv summarize --out /tmp/predictor-cv --name base
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import kendalltau
+
+from predictor import data as D
+from predictor.model import CONSENSUS_HEAD, load_base
+from predictor.train import TrainConfig, fine_tune, target_matrix
+
+
+def cv_fold(prompt_id: str, k: int) -> int:
+    return int(hashlib.sha256(("cv:" + prompt_id).encode("utf-8")).hexdigest()[:8], 16) % k
+
+
+def _setup():
+    prompts = D.load_prompts()
+    lengths = D.load_output_tokens()
+    train_ids, _ = D.split_prompt_ids([p.prompt_id for p in prompts])
+    by_id = {p.prompt_id: p for p in prompts}
+    model_names = sorted({m for per in lengths.values() for m in per})
+    return train_ids, by_id, lengths, model_names
+
+
+@torch.inference_mode()
+def all_heads(model, tokenizer, texts, max_length, batch_size=32) -> np.ndarray:
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out = None
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        batch = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,
+                          return_tensors="pt")
+        h = model(batch["input_ids"], batch["attention_mask"]).double().numpy()
+        if out is None:
+            out = np.empty((len(texts), h.shape[1]))
+        out[idx] = h
+    return out
+
+
+def run(name: str, cfg: TrainConfig, seeds: list[int], k: int, out: Path, folds: list[int] | None = None,
+        save_weights: bool = True) -> None:
+    train_ids, by_id, lengths, model_names = _setup()
+    out = Path(out) / name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({**asdict(cfg), "k": k}))
+    for fold in (folds if folds is not None else range(k)):
+        fit = [i for i in train_ids if cv_fold(i, k) != fold]
+        held = [i for i in train_ids if cv_fold(i, k) == fold]
+        y = target_matrix(fit, lengths, model_names)
+        for seed in seeds:
+            path = out / f"fold{fold}_seed{seed}.npz"
+            if path.exists():
+                continue
+            started = time.time()
+            cfg_s = TrainConfig(**{**asdict(cfg), "seed": seed})
+            torch.manual_seed(seed)  # head init
+            model, tok = load_base(model_names, float(np.nanmean(y[:, CONSENSUS_HEAD])))
+            fine_tune(model, tok, [by_id[i].prompt for i in fit], y, cfg_s, show_progress=False)
+            heads = all_heads(model, tok, [by_id[i].prompt for i in held], cfg.max_length)
+            np.savez(path, heads=heads, ids=np.array(held))
+            if save_weights:
+                torch.save({kk: v.half() for kk, v in model.state_dict().items()}, out / f"fold{fold}_seed{seed}.pt")
+            print(json.dumps({"name": name, "fold": fold, "seed": seed, "seconds": round(time.time() - started),
+                              **fold_scores(heads, held, lengths, model_names)}), flush=True)
+
+
+def mix(heads: np.ndarray, own: int, w: float) -> np.ndarray:
+    return (1 - w) * heads[:, 1:].mean(1) + w * heads[:, own]
+
+
+def fold_scores(heads, ids, lengths, model_names, target=D.DEFAULT_TARGET_MODEL) -> dict:
+    own = 1 + model_names.index(target)
+    rows = [n for n, i in enumerate(ids) if target in lengths[i]]
+    actual = [lengths[ids[n]][target] for n in rows]
+    median = [D.median_log_output_tokens(lengths[ids[n]], exclude_model=target) for n in rows]
+    res = {}
+    for w in (0.0, 0.2, 0.4, 0.6, 1.0):
+        res[f"tau_w{w}"] = round(float(kendalltau(mix(heads, own, w)[rows], actual)[0]), 4)
+    res["tau_median_head"] = round(float(kendalltau(heads[rows, CONSENSUS_HEAD], actual)[0]), 4)
+    res["tau_vs_others_median"] = round(float(kendalltau(mix(heads, own, 0.0)[rows], median)[0]), 4)
+    return res
+
+
+def summarize(out: Path, name: str, seeds: list[int] | None = None) -> dict:
+    _, by_id, lengths, model_names = _setup()
+    d = Path(out) / name
+    cfg = json.loads((d / "config.json").read_text())
+    k = cfg["k"]
+    per_fold = {}
+    for f in sorted(d.glob("fold*_seed*.npz")):
+        fold, seed = (int(x) for x in f.stem.replace("fold", "").split("_seed"))
+        if seeds is None or seed in seeds:
+            per_fold.setdefault(fold, {})[seed] = np.load(f)
+    result = {"name": name, "folds": sorted(per_fold)}
+    singles, ens = [], []
+    for fold, runs in sorted(per_fold.items()):
+        ids = list(runs[next(iter(runs))]["ids"])
+        for seed, r in runs.items():
+            singles.append(fold_scores(r["heads"], ids, lengths, model_names))
+        if len(runs) > 1:
+            ens.append(fold_scores(np.mean([r["heads"] for r in runs.values()], 0), ids, lengths, model_names))
+    avg = lambda rows: {key: round(float(np.mean([r[key] for r in rows])), 4) for key in rows[0]}
+    result["single"] = avg(singles)
+    if ens:
+        result["ensemble"] = avg(ens)
+    return result
+
+
+def soup(out: Path, name: str, seeds: list[int] | None = None) -> dict:
+    """Weight-averages the seeds of each fold (one encoder pass at inference) and scores the soup."""
+    train_ids, by_id, lengths, model_names = _setup()
+    d = Path(out) / name
+    cfg = json.loads((d / "config.json").read_text())
+    k = cfg["k"]
+    rows = []
+    for fold in range(k):
+        files = sorted(d.glob(f"fold{fold}_seed*.pt"))
+        if seeds is not None:
+            files = [f for f in files if int(f.stem.split("_seed")[1]) in seeds]
+        if len(files) < 2:
+            continue
+        states = [torch.load(f) for f in files]
+        avg = {kk: sum(s[kk].float() for s in states) / len(states) for kk in states[0]}
+        model, tok = load_base(model_names, 0.0)
+        model.load_state_dict(avg, strict=False)
+        model.eval()
+        held = [i for i in train_ids if cv_fold(i, k) == fold]
+        heads = all_heads(model, tok, [by_id[i].prompt for i in held], cfg["max_length"])
+        rows.append(fold_scores(heads, held, lengths, model_names))
+    return {key: round(float(np.mean([r[key] for r in rows])), 4) for key in rows[0]} if rows else {}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("command", choices=["run", "summarize", "soup"])
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--out", default="/tmp/predictor-cv")
+    ap.add_argument("--k", type=int, default=3)
+    ap.add_argument("--seeds", type=int, nargs="+", default=None)
+    ap.add_argument("--folds", type=int, nargs="+", default=None)
+    for f in fields(TrainConfig):
+        if f.name != "seed":
+            ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    args = ap.parse_args(argv)
+    if args.command == "run":
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "seed"})
+        run(args.name, cfg, args.seeds or [0], args.k, Path(args.out), args.folds)
+    elif args.command == "summarize":
+        print(json.dumps(summarize(Path(args.out), args.name, args.seeds)))
+    else:
+        print(json.dumps(soup(Path(args.out), args.name, args.seeds)))
+
+
+if __name__ == "__main__":
+    main()

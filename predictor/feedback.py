@@ -1,0 +1,173 @@
+"""Learning from traffic: a bounded Redis log of completions and a head-only retrain from it.
+
+Privacy choice: with ``keep_prompt_text=False`` the log stores no text, only the serving encoder's
+pooled 384-d features (float16, base64; ~1 KB) stamped with the artifact version that produced them,
+plus a truncated SHA-256 of the text for de-duplication. Features cannot be fed back through a *new*
+encoder, so retraining keeps the base artifact's encoder frozen and re-fits only the head — which is
+also what makes retraining take seconds instead of minutes. Entries whose features came from another
+version are skipped (and counted). With ``keep_prompt_text=True`` the text is kept and re-encoded.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from predictor import data as D
+
+FEEDBACK_KEY = "sluice:predictor:feedback"
+DEFAULT_MAX_ENTRIES = 50_000
+
+
+def encode_embedding(vector) -> str:
+    return base64.b64encode(np.asarray(vector, dtype=np.float16).tobytes()).decode("ascii")
+
+
+def decode_embedding(text: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=np.float16).astype(np.float32)
+
+
+def feedback_entry(*, prompt_text: str, served_model: str | None, prompt_tokens: int, output_tokens: int,
+                   keep_prompt_text: bool, predictor=None) -> dict:
+    entry = {
+        "ts": time.time(),
+        "served_model": served_model,
+        "prompt_tokens": int(prompt_tokens),
+        "output_tokens": int(output_tokens),
+        "prompt_hash": D.prompt_text_hash(prompt_text),
+    }
+    if keep_prompt_text:
+        entry["prompt_text"] = prompt_text
+    elif predictor is not None:
+        entry["embedding"] = encode_embedding(predictor.pooled_embeddings([prompt_text])[0])
+        entry["embedding_version"] = predictor.version
+    return entry
+
+
+def record_completion(redis_client, *, prompt_text: str, served_model: str | None, prompt_tokens: int,
+                      output_tokens: int, keep_prompt_text: bool, max_entries: int = DEFAULT_MAX_ENTRIES,
+                      predictor=None, key: str = FEEDBACK_KEY) -> dict:
+    """Appends one completed request to the bounded log (LPUSH + LTRIM in one transaction).
+
+    Without prompt text, pass ``predictor`` so the entry carries features retraining can use; with
+    neither, the entry only counts toward length statistics. ``redis_client`` is a sync redis-py
+    client; from asyncio code call this via ``asyncio.to_thread`` (it may run the encoder).
+    """
+    entry = feedback_entry(prompt_text=prompt_text, served_model=served_model, prompt_tokens=prompt_tokens,
+                           output_tokens=output_tokens, keep_prompt_text=keep_prompt_text, predictor=predictor)
+    pipe = redis_client.pipeline(transaction=True)
+    pipe.lpush(key, json.dumps(entry, separators=(",", ":")))
+    pipe.ltrim(key, 0, max_entries - 1)
+    pipe.execute()
+    return entry
+
+
+def read_feedback(redis_client, key: str = FEEDBACK_KEY) -> list[dict]:
+    return [json.loads(raw) for raw in redis_client.lrange(key, 0, -1)]
+
+
+def retrain(redis_client, base_artifact: str | Path | None = None, out_root: str | Path | None = None, *,
+            key: str = FEEDBACK_KEY, epochs: int = 30, feedback_weight: float = 1.0,
+            version: str | None = None, make_current: bool = True) -> dict:
+    """Re-fits the head on base AlpacaEval training data plus the feedback log; publishes a new version.
+
+    ``out_root`` is the registry root (default: ``SLUICE_PREDICTOR_REGISTRY`` or var/predictor-registry).
+    The base artifact defaults to the registry's current version (or the shipped default).
+    Returns the new version's meta.json contents.
+    """
+    import torch
+
+    from predictor.predictor import LengthPredictor
+    from predictor.registry import ModelRegistry
+    from predictor.train import target_matrix, training_loss, TrainConfig, write_artifact, evaluate_on
+
+    registry = ModelRegistry(out_root)
+    base_dir = Path(base_artifact) if base_artifact else registry.current_artifact_dir()
+    base = LengthPredictor.load(base_dir, quantize=False)  # the head must stay trainable
+    model, tokenizer = base.model, base.tokenizer
+    model_names = model.model_names
+
+    prompts = {p.prompt_id: p for p in D.load_prompts()}
+    lengths = D.load_output_tokens()
+    train_ids, validation_ids = D.split_prompt_ids(list(prompts))
+    base_texts = [prompts[i].prompt for i in train_ids]
+    base_y = target_matrix(train_ids, lengths, model_names)
+
+    entries = read_feedback(redis_client, key)
+    text_rows, text_y, feature_rows, feature_y = [], [], [], []
+    skipped = 0
+    for entry in entries:
+        row = np.full(1 + len(model_names), np.nan, dtype=np.float32)
+        # A model without its own head teaches the consensus head: order is what we need from it.
+        column = model.head_index(entry.get("served_model"))
+        row[column] = math.log1p(entry["output_tokens"])
+        if "prompt_text" in entry:
+            text_rows.append(entry["prompt_text"])
+            text_y.append(row)
+        elif "embedding" in entry and entry.get("embedding_version") == base.version:
+            feature_rows.append(decode_embedding(entry["embedding"]))
+            feature_y.append(row)
+        else:
+            skipped += 1
+
+    # Frozen encoder: compute features once, then many cheap epochs over the head.
+    def encode(texts: list[str]) -> torch.Tensor:
+        if not texts:
+            return torch.empty(0, model.head.in_features)
+        with torch.inference_mode():
+            chunks = []
+            for start in range(0, len(texts), 64):
+                batch = tokenizer(texts[start:start + 64], truncation=True, max_length=base.max_length,
+                                  padding=True, return_tensors="pt")
+                chunks.append(model.pooled(batch["input_ids"], batch["attention_mask"]))
+            return torch.cat(chunks)
+
+    features = torch.cat([encode(base_texts), encode(text_rows),
+                          torch.tensor(np.array(feature_rows)).reshape(-1, model.head.in_features)])
+    targets = torch.tensor(np.concatenate([base_y, np.array(text_y).reshape(-1, base_y.shape[1]),
+                                           np.array(feature_y).reshape(-1, base_y.shape[1])]))
+    n_base = len(base_texts)
+    sample_weight = torch.ones(len(features))
+    sample_weight[n_base:] = feedback_weight
+
+    cfg = TrainConfig()
+    head = model.head
+    optimizer = torch.optim.AdamW(head.parameters(), lr=5e-4, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        order = torch.randperm(len(features), generator=generator)
+        for start in range(0, len(order), 64):
+            idx = order[start:start + 64]
+            out = model.head_outputs(features[idx])
+            loss = training_loss(out, targets[idx], cfg)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+
+    validation = [prompts[i] for i in validation_ids]
+    metrics = evaluate_on(model, tokenizer, validation, lengths, D.DEFAULT_TARGET_MODEL, base.max_length)
+    version = version or dt.datetime.now(dt.timezone.utc).strftime("v%Y%m%d-%H%M%S-%f")
+    meta = dict(base.meta)
+    meta.update({
+        "version": version,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "parent_version": base.version,
+        "retrain": {"head_only": True, "epochs": epochs, "feedback_entries": len(entries),
+                    "used_text": len(text_rows), "used_features": len(feature_rows), "skipped": skipped},
+        "metrics": {"validation": {"target_model": D.DEFAULT_TARGET_MODEL, **metrics}},
+    })
+    meta["trained_prompt_hashes"] = sorted(set(base.meta.get("trained_prompt_hashes", []))
+                                           | {D.prompt_text_hash(t) for t in text_rows})
+    meta["training_data"] = dict(base.meta.get("training_data", {}),
+                                 feedback_records=len(text_rows) + len(feature_rows))
+    # write_artifact renames a finished directory into place, so publishing only moves the pointer.
+    write_artifact(model, tokenizer, meta, registry.version_dir(version))
+    registry.publish(registry.version_dir(version), version, make_current=make_current,
+                     redis_client=redis_client if make_current else None)
+    return meta

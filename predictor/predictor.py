@@ -1,0 +1,107 @@
+"""LengthPredictor: loads a versioned artifact and predicts output tokens for batches of prompts."""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from predictor.model import CONSENSUS_HEAD, load_weights
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+DEFAULT_ARTIFACT_DIR = PACKAGE_DIR / "artifacts" / "default"
+# Overrides the shipped artifact without code changes (e.g. a retrained version on a shared volume).
+ARTIFACT_ENV_VAR = "SLUICE_PREDICTOR_ARTIFACT"
+# Inference sorts a batch by length and runs it in chunks this big; bigger chunks pad more.
+INFERENCE_CHUNK = 16
+
+
+def configure_torch_threads() -> None:
+    # One intra-op pool sized to the machine; inter-op parallelism only adds contention for small models.
+    threads = int(os.environ.get("SLUICE_PREDICTOR_THREADS", os.cpu_count() or 1))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def quantize_linear_int8(model):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao deprecation notice; the API still works in 2.x
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+class LengthPredictor:
+    """Predicts how many tokens a served model will generate for each prompt.
+
+    Only the order of predictions matters to the SSJF queue, but values are in tokens (float) so that
+    they are also usable for capacity estimates.
+    """
+
+    def __init__(self, model, tokenizer, meta: dict, path: Path | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.path = path
+        self.max_length = int(meta.get("max_length", 128))
+        # Weight of the served model's own head against the cross-model consensus (measured; see meta).
+        self.own_head_weight = float(meta.get("inference", {}).get("own_head_weight", 0.0))
+        self._lock = threading.Lock()  # torch modules are not re-entrant across threads
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("version", "unknown"))
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, quantize: bool = True) -> "LengthPredictor":
+        """Loads an artifact (default: $SLUICE_PREDICTOR_ARTIFACT or the shipped one).
+
+        ``quantize`` applies dynamic int8 quantization to the Linear layers: ~3x faster on CPU with no
+        measurable change in validation tau (docs/predictor.md).
+        """
+        configure_torch_threads()
+        path = Path(path or os.environ.get(ARTIFACT_ENV_VAR) or DEFAULT_ARTIFACT_DIR)
+        meta = json.loads((path / "meta.json").read_text())
+        model, tokenizer = load_weights(path)
+        if quantize:
+            model = quantize_linear_int8(model)
+        return cls(model, tokenizer, meta, path)
+
+    def known_models(self) -> list[str]:
+        return list(self.model.model_names)
+
+    def predict_log1p(self, prompts: list[str], served_model: str | None = None) -> np.ndarray:
+        if not prompts:
+            return np.empty(0)
+        model_head = self.model.head_index(served_model)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out = np.empty(len(prompts), dtype=np.float64)
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(order), INFERENCE_CHUNK):
+                idx = order[start:start + INFERENCE_CHUNK]
+                batch = self.tokenizer([prompts[i] for i in idx], truncation=True, max_length=self.max_length,
+                                       padding=True, return_tensors="pt")
+                heads = self.model(batch["input_ids"], batch["attention_mask"]).double()
+                # The mean of all per-model heads ranks better than any single head (it averages out
+                # each model's noise), so it is the consensus; the median head is only a fallback.
+                consensus = heads[:, 1:].mean(1) if heads.shape[1] > 1 else heads[:, CONSENSUS_HEAD]
+                if model_head == CONSENSUS_HEAD:
+                    pred = consensus
+                else:
+                    pred = (1 - self.own_head_weight) * consensus + self.own_head_weight * heads[:, model_head]
+                out[idx] = pred.numpy()
+        return out
+
+    def predict(self, prompts: list[str], served_model: str | None = None) -> list[float]:
+        """Predicted output tokens, one float per prompt."""
+        return [float(x) for x in np.expm1(self.predict_log1p(list(prompts), served_model))]
+
+    def pooled_embeddings(self, prompts: list[str]) -> np.ndarray:
+        """The encoder's pooled features (what the head sees); stored by feedback without prompt text."""
+        with self._lock, torch.inference_mode():
+            batch = self.tokenizer(list(prompts), truncation=True, max_length=self.max_length, padding=True,
+                                   return_tensors="pt")
+            return self.model.pooled(batch["input_ids"], batch["attention_mask"]).numpy()
