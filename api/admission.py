@@ -59,12 +59,14 @@ def check_model(requested: str, served: str) -> None:
 
 def build_request(body: ChatCompletionRequest | CompletionRequest, *, prompt_token_ids: list[int], prompt_text: str,
                   header_slo: str | None, served_model: str, max_model_len: int, default_max_tokens: int,
-                  now: float | None = None) -> GenerationRequest:
+                  now: float | None = None, batch_default_deadline_s: float | None = None) -> GenerationRequest:
     now = time.time() if now is None else now
     check_model(body.model, served_model)
     options = body.sluice
     slo = resolve_slo(options.slo if options else None, header_slo)
     deadline = resolve_deadline(options.deadline if options else None, now)
+    if deadline is None and slo == "batch" and batch_default_deadline_s:
+        deadline = now + batch_default_deadline_s
     max_tokens = resolve_max_tokens(body, len(prompt_token_ids), max_model_len, default_max_tokens)
     return GenerationRequest(
         request_id=("chatcmpl-" if isinstance(body, ChatCompletionRequest) else "cmpl-") + uuid.uuid4().hex,

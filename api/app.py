@@ -74,6 +74,7 @@ class SluiceAPI:
             body, prompt_token_ids=prompt_token_ids, prompt_text=prompt_text, header_slo=header_slo,
             served_model=self.settings.model_name, max_model_len=self.settings.max_model_len,
             default_max_tokens=self.settings.default_max_tokens,
+            batch_default_deadline_s=self.settings.scaler.slo.batch_deadline_s,
         )
         oracle = body.sluice.oracle_output_tokens if body.sluice else None
         if self.scoring.name == "ssjf":
@@ -178,6 +179,14 @@ def create_api(settings: Settings) -> FastAPI:
     async def metrics():
         payload = await anyio.to_thread.run_sync(generate_latest, state["sluice"].metrics.registry)
         return Response(payload, media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/scaler/decisions")
+    async def scaler_decisions(limit: int = 50):
+        from scaler.service import read_decisions
+
+        if not 1 <= limit <= 1000:
+            raise bad_request("limit must be between 1 and 1000", param="limit")
+        return {"object": "list", "data": await anyio.to_thread.run_sync(read_decisions, state["sluice"].redis, limit)}
 
     @app.get("/v1/models")
     async def models():

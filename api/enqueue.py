@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis
 
 from api.errors import APIError
-from broker import keys
+from broker import deadlines, keys
 from broker.messages import GenerationRequest
 from broker.transport import SCORE_HEADER
 from workers.tasks import TASK_NAME
@@ -34,10 +34,15 @@ class Enqueuer:
         if limit is not None and self.client.zcard(keys.lane_key(lane)) >= limit:
             raise APIError(429, f"the {lane} lane is full ({limit} queued requests); retry later",
                            type="rate_limit_error", code="lane_full", headers={"Retry-After": str(self.retry_after_s)})
-        self.client.hset(keys.request_key(request.request_id), mapping={
-            "status": "queued", "lane": lane, "enqueued_at": request.enqueued_at, "score": request.score,
-        })
-        self.client.expire(keys.request_key(request.request_id), REQUEST_STATE_TTL_S)
+        with self.client.pipeline() as pipe:
+            pipe.hset(keys.request_key(request.request_id), mapping={
+                "status": "queued", "lane": lane, "enqueued_at": request.enqueued_at, "score": request.score,
+            })
+            pipe.expire(keys.request_key(request.request_id), REQUEST_STATE_TTL_S)
+            deadlines.track(pipe, request, +1)
+            pipe.hincrby(keys.ARRIVALS, f"requests:{lane}", 1)
+            pipe.hincrbyfloat(keys.ARRIVALS, f"tokens:{lane}", request.prompt_tokens + deadlines.expected_tokens(request))
+            pipe.execute()
         self.celery_app.send_task(
             # Prompt text stays in the API (for the predictor's log) unless keeping it is configured.
             TASK_NAME, args=[request.model_dump(mode="json", exclude=None if self.keep_prompt_text else {"prompt_text"})],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from broker import keys
 
@@ -60,6 +60,12 @@ class FleetCollector:
             alive.add_metric([pool], count)
         yield alive
         yield from families.values()
+        actions = CounterMetricFamily("sluice_scaler_actions", "Scaler decisions by kind, pool and action.",
+                                      labels=["kind", "pool", "action"])
+        for field, count in self.client.hgetall(keys.SCALER_ACTIONS).items():
+            kind, pool, action = (field.decode().split(":") + ["", ""])[:3]
+            actions.add_metric([kind, pool, action], int(count))
+        yield actions
 
 
 class Metrics:

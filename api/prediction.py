@@ -15,7 +15,7 @@ async def attach_predictor(sluice) -> None:
     from predictor.service import PredictionService
 
     settings = sluice.settings
-    registry = ModelRegistry(settings.predictor_registry)
+    registry = ModelRegistry(settings.predictor_registry_dir)
     artifact = registry.current_artifact_dir()
     predictor = await asyncio.to_thread(LengthPredictor.load, artifact)
     sluice.predictor = PredictionService(

@@ -96,6 +96,7 @@ def kendall_tau_of_proxy(requests: list[BenchRequest]) -> float:
 def run_ssjf_bench(*, requests: int = 300, modes=("continuous",), batch_size: int = 8, load: float = 1.0,
                    redis_url: str | None = None, json_out: str | None = None, plot_out: str | None = None,
                    aging_tokens_per_s: float = 5.0) -> dict:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     workload = validation_requests(requests)
     mean_tokens = float(np.mean([r.true_output_tokens for r in workload]))
     report = {"config": {"requests": requests, "batch_size": batch_size, "load": load, "length_model": LENGTH_MODEL,

@@ -21,6 +21,17 @@ WORKERS = PREFIX + ":workers"
 REQUEST = PREFIX + ":req:{request_id}"
 REQUEST_EVENTS = PREFIX + ":events:{request_id}"
 
+# Unfinished batch work per deadline bucket (broker.deadlines): bucket -> requests, bucket -> predicted tokens.
+DEADLINE_REQUESTS = PREFIX + ":deadlines:requests"
+DEADLINE_TOKENS = PREFIX + ":deadlines:tokens"
+
+# Arrival counters the scaler differentiates into rates: "requests:<lane>", "tokens:<lane>".
+ARRIVALS = PREFIX + ":arrivals"
+
+# Scaler decisions (bounded list, newest first) and action counters.
+SCALER_DECISIONS = PREFIX + ":scaler:decisions"
+SCALER_ACTIONS = PREFIX + ":scaler:actions"
+
 # Completed-request records (bounded list) for metrics, the scaler and the predictor.
 COMPLETIONS = PREFIX + ":completions"
 

@@ -18,6 +18,7 @@ event loop integration Celery uses) is kombu's.  What changes:
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 from kombu.transport import TRANSPORT_ALIASES, virtual
@@ -59,7 +60,9 @@ class QoS(kombu_redis.QoS):
 
     def _remove_from_indices(self, delivery_tag, pipe=None):
         pipe = super()._remove_from_indices(delivery_tag, pipe)
-        return pipe.hdel(keys.UNACKED_OWNER, delivery_tag)
+        if self.channel.worker_id:  # only consumers with an id recorded an owner
+            pipe = pipe.hdel(keys.UNACKED_OWNER, delivery_tag)
+        return pipe
 
 
 class Channel(kombu_redis.Channel):
@@ -72,8 +75,20 @@ class Channel(kombu_redis.Channel):
     unacked_mutex_key = keys.UNACKED_MUTEX
     lane_priority: tuple[str, ...] = ("interactive", "batch")
     worker_id: str | None = None
+    _shared_client = None
 
     from_transport_options = kombu_redis.Channel.from_transport_options + ("lane_priority", "worker_id")
+
+    @contextlib.contextmanager
+    def conn_or_acquire(self, client=None):
+        # kombu builds a fresh redis.Redis per call (two per message); one per channel, over the same
+        # thread-safe pool, does the same work (measured: bench/broker_bench.py, docs/bench-broker.md).
+        if client:
+            yield client
+            return
+        if self._shared_client is None or self._shared_client.connection_pool is not self.pool:
+            self._shared_client = self._create_client()
+        yield self._shared_client
 
     def _q_for_pri(self, queue, pri):
         return keys.lane_key(queue)

@@ -78,9 +78,9 @@ def predict(prompt_text, served_model, artifact):
 
 
 @predictor_group.command()
-@click.option("--redis-url", default="redis://127.0.0.1:6379/0", show_default=True)
+@click.option("--redis-url", default=None, help="Default: SLUICE_REDIS_URL.")
 @click.option("--registry", "registry_root", type=click.Path(file_okay=False), default=None,
-              help="Registry root (default: $SLUICE_PREDICTOR_REGISTRY or var/predictor-registry).")
+              help="Registry root (default: SLUICE_PREDICTOR_REGISTRY or <data_dir>/predictor-registry).")
 @click.option("--base-artifact", type=click.Path(exists=True, file_okay=False), default=None)
 def retrain(redis_url, registry_root, base_artifact):
     """Re-fit from the feedback log plus base data; publish a new version and move the pointer."""
@@ -88,8 +88,14 @@ def retrain(redis_url, registry_root, base_artifact):
 
     from predictor.feedback import retrain as retrain_from_feedback
 
-    client = redis.Redis.from_url(redis_url)
-    meta = retrain_from_feedback(client, base_artifact, registry_root)
+    from sluice.config import get_settings
+
+    settings = get_settings()
+    url = redis_url or settings.redis_url
+    if not url:
+        raise click.UsageError("no Redis: pass --redis-url or set SLUICE_REDIS_URL")
+    client = redis.Redis.from_url(url)
+    meta = retrain_from_feedback(client, base_artifact, registry_root or settings.predictor_registry_dir)
     click.echo(json.dumps({"version": meta["version"], "retrain": meta["retrain"],
                            "validation": meta["metrics"]["validation"]}))
 

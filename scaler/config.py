@@ -199,4 +199,6 @@ class ScalerConfig(BaseModel):
     queue: QueueConfig = Field(default_factory=QueueConfig)
 
     def limits(self, pool: str) -> PoolLimits:
-        return self.pools.get(pool, PoolLimits())
+        # A pool left out of an override keeps its default limits (the mixed floor of 1 included), so
+        # overriding one pool can never let another scale to zero.
+        return self.pools.get(pool) or _default_pool_limits().get(pool, PoolLimits())

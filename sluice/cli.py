@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -109,16 +110,18 @@ def worker(lanes, pool, batch_size, max_batch_size, batching_mode, worker_id, mo
 
 @main.command()
 @click.option("--port", type=int, default=None, help="Flower port (SLUICE_FLOWER_PORT, default 5555).")
-def flower(port) -> None:
+@click.option("--address", default=None, help="Bind address (SLUICE_FLOWER_ADDRESS, default 127.0.0.1).")
+def flower(port, address) -> None:
     """Flower, watching the same broker."""
-    override_settings(flower_port=port)
+    override_settings(flower_port=port, flower_address=address)
     settings = get_settings()
     settings.require_redis_url()
     args = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower",
-            f"--port={settings.flower_port}", "--address=127.0.0.1"]
-    # Flower listens on loopback only, so its JSON API (used by ops scripts and the tests) needs no login
-    # here; put it behind --basic-auth or a proxy before exposing it.
-    os.environ.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
+            f"--port={settings.flower_port}", f"--address={settings.flower_address}"]
+    # On loopback (the default) Flower's JSON API, used by ops scripts and the tests, needs no login;
+    # bound anywhere else it keeps Flower's default (authentication required for the API).
+    if settings.flower_address in ("127.0.0.1", "localhost", "::1"):
+        os.environ.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
     os.execv(sys.executable, args)
 
 
@@ -128,7 +131,9 @@ def flower(port) -> None:
 @click.option("--workers", "worker_count", type=int, default=1, show_default=True, help="vLLM workers to start.")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None, help="Local HF model directory.")
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
-def run(port, flower_port, worker_count, model_path, no_flower) -> None:
+@click.option("--scaler", "scaler_policy", type=click.Choice(["chiron", "static", "static_peak", "utilization", "queue"]),
+              default=None, help="Run the autoscaler with this policy; it starts and stops the workers (local actuator).")
+def run(port, flower_port, worker_count, model_path, no_flower, scaler_policy) -> None:
     """Start Sluice in the foreground: Redis (or embedded Valkey), API, worker(s), Flower. Ctrl-C stops all."""
     from sluice.runner import ProcessGroup, sluice_command
 
@@ -147,8 +152,11 @@ def run(port, flower_port, worker_count, model_path, no_flower) -> None:
     status = 1
     try:
         group.start("api", sluice_command("api"))
-        for index in range(worker_count):
-            group.start(f"worker-{index}", sluice_command("worker"))
+        if scaler_policy:
+            group.start("scaler", sluice_command("scaler", "run", "--policy", scaler_policy, "--actuator", "local"))
+        else:
+            for index in range(worker_count):
+                group.start(f"worker-{index}", sluice_command("worker"))
         if not no_flower:
             group.start("flower", sluice_command("flower"))
         log.info("Sluice: API http://%s:%d  Flower http://127.0.0.1:%d  (Ctrl-C stops everything)",
@@ -159,6 +167,67 @@ def run(port, flower_port, worker_count, model_path, no_flower) -> None:
         if valkey is not None:
             valkey.stop()
     sys.exit(status)
+
+
+# --- scaler ------------------------------------------------------------------------
+@main.group()
+def scaler() -> None:
+    """The Chiron-style autoscaler."""
+
+
+@scaler.command("run")
+@click.option("--policy", type=click.Choice(["chiron", "static", "static_peak", "utilization", "queue"]), default=None)
+@click.option("--actuator", type=click.Choice(["local", "docker", "kubernetes"]), default=None)
+def scaler_run(policy, actuator) -> None:
+    """Observe queues and workers; set batch sizes and instance counts."""
+    import signal
+    import threading
+
+    from scaler.actuators import make_actuator
+    from scaler.service import ScalerService
+    from sluice.redis_clients import sync_client
+    from workers.celery_app import create_app
+
+    override_settings(scaler_policy=policy, scaler_actuator=actuator)
+    settings = get_settings()
+    client = sync_client(settings.require_redis_url())
+    options = {"redis": client}
+    if settings.scaler_actuator == "local":
+        ensure_model()
+        options["log_dir"] = settings.data_dir / "logs" / "workers"
+    act = make_actuator(settings.scaler_actuator, **options)
+    service = ScalerService(client, create_app(settings), act, settings.scaler_policy, settings.scaler,
+                            settings.scaler.slo.itl_s)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        service.run(stop)
+    finally:
+        log.info("scaler stopping: draining the workers it started")
+        act.close()
+
+
+@scaler.command("status")
+@click.option("--limit", type=int, default=20, show_default=True, help="Decisions to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def scaler_status(limit, as_json) -> None:
+    """Workers, action counters and the latest decisions with their reasons."""
+    from scaler.service import describe_status
+    from sluice.redis_clients import sync_client
+
+    status = describe_status(sync_client(get_settings().require_redis_url()), limit)
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+        return
+    click.echo(f"{len(status['workers'])} workers:")
+    for worker_id, fields in status["workers"].items():
+        click.echo(f"  {worker_id}: " + ", ".join(f"{k}={v}" for k, v in fields.items()))
+    click.echo("actions: " + (", ".join(f"{k}={v}" for k, v in sorted(status["actions"].items())) or "none"))
+    for entry in status["decisions"]:
+        when = time.strftime("%H:%M:%S", time.localtime(entry["at"]))
+        target = entry.get("worker") or entry.get("pool")
+        click.echo(f"  {when} {entry['kind']} {target}: {entry.get('from')} -> {entry.get('to')}: {entry['reason']}")
 
 
 # --- bench -------------------------------------------------------------------------
@@ -182,15 +251,21 @@ def _mount_optional_commands() -> None:
     except ImportError as exc:  # pragma: no cover
         log.debug("bench ssjf unavailable: %s", exc)
     try:
+        from bench.scale import scale_command
+
+        bench.add_command(scale_command, "scale")
+    except ImportError as exc:  # pragma: no cover
+        log.debug("bench scale unavailable: %s", exc)
+    try:
         from bench.cluster import cluster_command
 
         bench.add_command(cluster_command, "cluster")
     except ImportError as exc:  # pragma: no cover
         log.debug("bench cluster unavailable: %s", exc)
     try:
-        from predictor.cli import predictor
+        from predictor.cli import predictor_group
 
-        main.add_command(predictor, "predictor")
+        main.add_command(predictor_group, "predictor")
     except ImportError as exc:  # pragma: no cover
         log.debug("predictor commands unavailable: %s", exc)
 

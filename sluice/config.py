@@ -15,6 +15,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from scaler.config import ScalerConfig
+
 SLO_CLASSES = ("interactive", "batch")
 QueuePolicyName = Literal["fcfs", "ssjf", "oracle"]
 BatchingMode = Literal["continuous", "dynamic", "none"]
@@ -35,6 +37,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     flower_port: int = 5555
+    flower_address: str = "127.0.0.1"
     lane_admission_limits: dict[str, int] = Field(
         default_factory=lambda: {"interactive": 2000, "batch": 100_000},
         description="Queued requests a lane holds before the API answers 429.",
@@ -54,7 +57,7 @@ class Settings(BaseSettings):
     )
     ssjf_max_predicted_tokens: float = Field(4096.0, description="Cap on the predicted length used in scores.")
     predictor_registry: Path | None = Field(
-        None, description="Predictor version registry. Unset: SLUICE_PREDICTOR_REGISTRY or var/predictor-registry.")
+        None, description="Predictor version registry (versions/ + CURRENT). Unset: <data_dir>/predictor-registry.")
     predictor_reload_interval_s: float = Field(10.0, description="How often the API checks for a new predictor version.")
     predictor_feedback: bool = Field(True, description="Log finished requests for `sluice predictor retrain`.")
     predictor_feedback_max_entries: int = Field(50_000, description="Bound on the traffic log.")
@@ -77,10 +80,17 @@ class Settings(BaseSettings):
     kv_cache_gib: int = Field(1, description="KV cache for the CPU build of vLLM (VLLM_CPU_KVCACHE_SPACE).")
     max_model_len: int = 2048
     engine_threads: int = Field(1, description="CPU threads for the vLLM CPU engine (OMP).")
+    preemption: bool = Field(
+        True, description="A full mixed worker aborts and requeues (at their score) batch requests for queued interactive ones.")
+    preemption_check_interval_s: float = Field(0.1, description="How often a mixed worker checks for interactive arrivals.")
+    preemption_max_attempts: int = Field(
+        4, description="A batch request on this attempt or later is not preempted again (no starvation).")
 
-    # --- SLOs ----------------------------------------------------------------
-    ttft_slo_s: float = 2.0
-    itl_slo_s: float = 0.1
+    # --- scaler --------------------------------------------------------------
+    scaler_policy: Literal["chiron", "static", "static_peak", "utilization", "queue"] = "chiron"
+    scaler_actuator: Literal["local", "docker", "kubernetes"] = "local"
+    scaler: ScalerConfig = Field(default_factory=ScalerConfig, description="Every scaling constant (docs/scaler.md).")
+
 
     @field_validator("lanes", "worker_lanes")
     @classmethod
@@ -93,6 +103,10 @@ class Settings(BaseSettings):
     @property
     def model_dir(self) -> Path:
         return self.model if self.model is not None else self.data_dir / "models" / "sluice-tiny-llama"
+
+    @property
+    def predictor_registry_dir(self) -> Path:
+        return self.predictor_registry if self.predictor_registry is not None else self.data_dir / "predictor-registry"
 
     @property
     def model_name(self) -> str:

@@ -18,6 +18,8 @@ class EngineState:
     generation_tokens: int = 0
     # (timestamp, cumulative generation tokens) samples for a windowed tokens/s.
     samples: list[tuple[float, int]] = field(default_factory=list)
+    # (timestamp, inter-token latency) samples from the engine's own iteration stats.
+    itl_samples: list[tuple[float, float]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def tokens_per_second(self, window_s: float = 5.0) -> float:
@@ -28,6 +30,13 @@ class EngineState:
                 return 0.0
             (t0, n0), (t1, n1) = recent[0], recent[-1]
             return (n1 - n0) / max(now - t0, t1 - t0, 1e-6)
+
+    def mean_itl(self, window_s: float = 2.0) -> float | None:
+        """Mean inter-token latency over the last window; None when nothing was decoded."""
+        with self.lock:
+            now = time.time()
+            recent = [itl for t, itl in self.itl_samples if now - t <= window_s]
+        return sum(recent) / len(recent) if recent else None
 
     def snapshot(self) -> dict:
         with self.lock:
@@ -60,6 +69,9 @@ def stat_logger_factory(state: EngineState):
                     state.samples.append((now, state.generation_tokens))
                     if len(state.samples) > 4096:
                         del state.samples[:2048]
+                    state.itl_samples.extend((now, itl) for itl in iteration_stats.inter_token_latencies_iter)
+                    if len(state.itl_samples) > 8192:
+                        del state.itl_samples[:4096]
 
         def log_engine_initialized(self):
             pass

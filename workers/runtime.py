@@ -15,19 +15,55 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 
-from broker import keys
+from broker import deadlines, keys
 from broker.messages import GenerationRequest
 from sluice.config import Settings
 from sluice.redis_clients import async_client, sync_client
 from workers.batching import make_gate
 from workers.engine_stats import EngineState, stat_logger_factory
 from workers.generation import EVENTS_TTL_S, generate_and_stream, publish
+from workers.preemption import Preempted, RunningRequest, batch_requests_to_preempt, worker_preempts
 
 log = logging.getLogger(__name__)
 
 COMPLETIONS_KEPT = 10_000
 REQUEST_STATE_TTL_S = 24 * 3600
+
+
+@dataclass
+class _Attempt:
+    """A request on the engine loop, as preemption sees it."""
+
+    info: RunningRequest
+    task: asyncio.Task
+    admitted: bool = False  # past the batching gate, i.e. on the engine
+    preempted: str | None = None  # why, once it has been told to yield
+
+
+class _PreemptibleEngine:
+    """The engine as one attempt sees it: its output stream ends at the first output after preemption.
+
+    Cancelling the attempt's task alone is not enough: Python 3.11's ``asyncio.wait_for`` (which
+    redis-py's connection pool awaits on every publish) can swallow a cancellation, and the request
+    would then run to completion.  Checking between outputs makes preemption take effect within one
+    engine step; closing the stream makes vLLM abort the request.
+    """
+
+    def __init__(self, engine, attempt: _Attempt):
+        self._engine = engine
+        self._attempt = attempt
+
+    async def generate(self, *args, **kwargs):
+        stream = self._engine.generate(*args, **kwargs)
+        try:
+            async for output in stream:
+                if self._attempt.preempted is not None:
+                    raise Preempted(self._attempt.info.request_id, self._attempt.preempted)
+                yield output
+        finally:
+            await stream.aclose()  # vLLM aborts an unfinished request when its stream is closed
 
 
 class EngineRuntime:
@@ -37,7 +73,14 @@ class EngineRuntime:
         self.engine_state = EngineState()
         self.admission_limit = 1 if settings.batching_mode == "none" else settings.batch_size
         self.inflight = 0
+        self.inflight_by_lane = {"interactive": 0, "batch": 0}
         self.inflight_lock = threading.Lock()
+        # Preemption: requests on the engine loop, the preempted ones whose serve() has not returned yet
+        # (they still hold a Celery slot), and how many batch requests yielded so far.
+        self._running: dict[str, _Attempt] = {}
+        self._yielding: dict[str, str] = {}  # request id -> lane; guarded by inflight_lock
+        self.preempted_batch_requests = 0
+        self._preemption_watch = None
         self.consumer = None
         self.started_at = time.time()
         self.redis = sync_client(settings.require_redis_url())
@@ -73,6 +116,8 @@ class EngineRuntime:
         self._aioredis = async_client(self.settings.require_redis_url())
         self._gate = make_gate(self.settings.batching_mode, self.admission_limit, self.settings.dynamic_batch_timeout_s)
         await self._warm_up()
+        if self.preempts():
+            self._preemption_watch = asyncio.get_running_loop().create_task(self._watch_for_interactive_arrivals())
         log.info("engine for %s ready in %.1fs", self.settings.model_name, time.time() - started)
 
     async def _warm_up(self) -> None:
@@ -131,25 +176,45 @@ class EngineRuntime:
             attempt = pipe.execute()[0]
         with self.inflight_lock:
             self.inflight += 1
+            self.inflight_by_lane[request.slo] += 1
         try:
             future = asyncio.run_coroutine_threadsafe(self._serve(request, attempt, started_at), self._loop)
             record = future.result()
         finally:
             with self.inflight_lock:
                 self.inflight -= 1
+                self.inflight_by_lane[request.slo] -= 1
+                self._yielding.pop(request.request_id, None)
         return record
 
     async def _serve(self, request: GenerationRequest, attempt: int, started_at: float) -> dict:
         state_key = keys.request_key(request.request_id)
+        current = _Attempt(RunningRequest(request.request_id, request.slo, started_at, attempt), asyncio.current_task())
+        self._running[request.request_id] = current
         try:
-            async with self._gate.admit():
-                record = await generate_and_stream(
-                    self.engine, self._aioredis, request,
-                    attempt=attempt, worker_id=self.worker_id, started_at=started_at,
-                )
+            try:
+                async with self._gate.admit():
+                    current.admitted = True
+                    record = await generate_and_stream(
+                        _PreemptibleEngine(self.engine, current), self._aioredis, request,
+                        attempt=attempt, worker_id=self.worker_id, started_at=started_at,
+                    )
+            finally:
+                # Generated (or failed): from here on this attempt cannot be preempted.
+                if self._running.get(request.request_id) is current:
+                    del self._running[request.request_id]
+        except asyncio.CancelledError:
+            if current.preempted is None:
+                raise
+            await self._yield_place(request, attempt, current.preempted)
         except Exception as exc:  # the client must hear about it, not hang
+            if current.preempted is not None:  # the cancellation surfaced as another error
+                await self._yield_place(request, attempt, current.preempted)
             log.exception("request %s failed", request.request_id)
-            await self._aioredis.hset(state_key, mapping={"status": "failed", "error": str(exc)})
+            async with self._aioredis.pipeline(transaction=True) as pipe:
+                pipe.hset(state_key, mapping={"status": "failed", "error": str(exc)})
+                deadlines.track(pipe, request, -1)
+                await pipe.execute()
             await publish(self._aioredis, request.request_id, {"type": "error", "attempt": attempt, "message": str(exc)})
             raise
         completion = {**record, "model": request.model}
@@ -163,8 +228,74 @@ class EngineRuntime:
             pipe.expire(events_key, EVENTS_TTL_S)
             pipe.lpush(keys.COMPLETIONS, json.dumps(completion))
             pipe.ltrim(keys.COMPLETIONS, 0, COMPLETIONS_KEPT - 1)
+            deadlines.track(pipe, request, -1)
             await pipe.execute()
         return record
+
+    # --- preemption ------------------------------------------------------------
+    def preempts(self) -> bool:
+        """Whether this worker yields batch work to interactive arrivals (mixed pool, both lanes)."""
+        return worker_preempts(self.settings.preemption, self.settings.worker_pool, self.settings.worker_lanes)
+
+    async def _watch_for_interactive_arrivals(self) -> None:
+        interval = self.settings.preemption_check_interval_s
+        log.info("preemption on: checking for interactive arrivals every %.2fs", interval)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._preempt_for_interactive()
+            except Exception:  # a Redis hiccup must not end the watch
+                log.exception("preemption check failed")
+
+    async def _preempt_for_interactive(self) -> list[str]:
+        for yielding in self._running.values():
+            if yielding.preempted is not None and not yielding.task.done():
+                yielding.task.cancel()  # again: a cancellation can be swallowed (see _PreemptibleEngine)
+        candidates = [a.info for a in self._running.values()
+                      if a.admitted and a.preempted is None and a.info.slo == "batch"]
+        if not candidates:
+            return []
+        with self.inflight_lock:
+            # Requests already yielding still hold their slot until their message is requeued: not again.
+            inflight = dict(self.inflight_by_lane)
+            for lane in self._yielding.values():
+                inflight[lane] -= 1
+        if sum(inflight.values()) < self.admission_limit:
+            return []  # not full: no Redis round trip
+        queued = await self._aioredis.zcard(keys.lane_key("interactive"))
+        victims = batch_requests_to_preempt(self.settings.worker_pool, self.admission_limit, inflight, queued,
+                                            candidates, max_attempts=self.settings.preemption_max_attempts)
+        preempted = []
+        for request_id in victims:
+            current = self._running.get(request_id)
+            if current is None or current.preempted is not None or current.task.done():
+                continue  # finished meanwhile
+            reason = (f"{queued} interactive request(s) queued and the worker is full "
+                      f"({sum(inflight.values())}/{self.admission_limit} in flight)")
+            current.preempted = reason
+            with self.inflight_lock:
+                self._yielding[request_id] = current.info.slo
+            current.task.cancel()  # vLLM aborts the engine request when its generator is cancelled
+            self.preempted_batch_requests += 1
+            preempted.append(request_id)
+            log.info("preempting batch request %s (attempt %d, running %.1fs): %s", request_id,
+                     current.info.attempt, time.time() - current.info.started_at, reason)
+        return preempted
+
+    async def _yield_place(self, request: GenerationRequest, attempt: int, reason: str):
+        """Mark a preempted request queued again and raise Preempted: the task requeues its message."""
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            task.uncancel()
+        state_key = keys.request_key(request.request_id)
+        async with self._aioredis.pipeline(transaction=True) as pipe:
+            pipe.hset(state_key, mapping={"status": "queued", "preempted_at": time.time()})
+            pipe.hincrby(state_key, "preemptions", 1)
+            # For whoever reads the stream: this attempt ends here, unanswered; a later one starts over.
+            pipe.xadd(keys.request_events_key(request.request_id),
+                      {"event": json.dumps({"type": "preempted", "attempt": attempt, "worker": self.worker_id})})
+            await pipe.execute()
+        raise Preempted(request.request_id, reason)
 
     # --- observation -----------------------------------------------------------
     def heartbeat_fields(self) -> dict:
@@ -176,6 +307,10 @@ class EngineRuntime:
             "admission_limit": self.admission_limit,
             "max_batch_size": self.settings.max_batch_size,
             "inflight": self.inflight,
+            "preempted_batch_requests": self.preempted_batch_requests,
+            "inflight_interactive": self.inflight_by_lane["interactive"],
+            "inflight_batch": self.inflight_by_lane["batch"],
+            "itl_s": "" if (itl := self.engine_state.mean_itl()) is None else round(itl, 5),
             "tokens_per_s": round(self.engine_state.tokens_per_second(), 2),
             "pid": os.getpid(),
             "started_at": self.started_at,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from celery import shared_task
+from celery.exceptions import Reject
+
+from workers.preemption import Preempted
 
 TASK_NAME = "sluice.generate"
 
@@ -18,4 +21,8 @@ def bind_runtime(runtime) -> None:
 def generate(payload: dict) -> dict | None:
     if _runtime is None:
         raise RuntimeError("this process has no engine: run requests with `sluice worker`")
-    return _runtime.serve(payload)
+    try:
+        return _runtime.serve(payload)
+    except Preempted as exc:
+        # Back to its lane at its original score (broker.transport restores it there), to run again later.
+        raise Reject(str(exc), requeue=True) from None

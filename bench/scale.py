@@ -1,0 +1,183 @@
+"""`sluice bench scale`: real load ramped up and down against the live Chiron scaler on this machine.
+
+An API and `sluice scaler run` (local actuator: real `sluice worker` processes, each with its own vLLM
+engine) share one Redis.  Interactive load rises from a trickle to more than one worker's configured
+capacity and falls back; the run records, every second, the instances per pool, each worker's batch
+limit, the queue depth and the offered load, and checks that every request got its full answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import json
+import time
+from pathlib import Path
+
+import click
+import httpx
+import numpy as np
+
+from bench.processes import BenchCluster
+from broker import keys
+from scaler.service import read_decisions
+
+MODEL = "sluice-tiny-llama"
+
+# Constants for a 2-core CPU machine and the tiny model (state them; every one is an env override).
+LIVE_SCALER_ENV = {
+    "SLUICE_SCALER__POOLS": json.dumps({"interactive": {"min_instances": 0, "max_instances": 0},
+                                        "mixed": {"min_instances": 1, "max_instances": 2},
+                                        "batch": {"min_instances": 0, "max_instances": 1}}),
+    "SLUICE_SCALER__CHIRON__PERIOD_S": "2",
+    "SLUICE_SCALER__CHIRON__DEMAND_WINDOW_S": "10",
+    "SLUICE_SCALER__CHIRON__TREND_WINDOW_S": "20",
+    "SLUICE_SCALER__CHIRON__COLD_START_S": "10",
+    "SLUICE_SCALER__CHIRON__SCALE_IN_STABILIZATION_S": "20",
+    "SLUICE_SCALER__CHIRON__INTERACTIVE_CAPACITY_TOKENS_PER_S_PRIOR": "400",
+    "SLUICE_SCALER__MAX_OBSERVATION_AGE_S": "15",
+    "SLUICE_SCALER__LOCAL__MIN_BATCH_SIZE": "2",
+    "SLUICE_SCALER__LOCAL__INITIAL_BATCH_SIZE": "4",
+    "SLUICE_SCALER__LOCAL__MAX_BATCH_SIZE": "32",
+    "SLUICE_HEARTBEAT_TTL_S": "8",
+    # The tiny CPU model decodes in a few ms per token: an ITL target on that scale makes the local
+    # autoscaler's latency backpressure bite here as the 100 ms default does on a GPU.
+    "SLUICE_SCALER__SLO__ITL_S": "0.008",
+    "SLUICE_BATCH_SIZE": "4",
+}
+
+
+def phases(low_rps: float, high_rps: float, ramp_s: float, high_s: float, cool_s: float) -> list[tuple[float, float]]:
+    """(duration, rate) steps: trickle, ramp up, hold high, drop back to a trickle."""
+    steps = [(ramp_s / 4, low_rps)]
+    steps += [(ramp_s / 4, low_rps + (high_rps - low_rps) * k / 3) for k in range(1, 4)]
+    return steps + [(high_s, high_rps), (cool_s, low_rps / 2)]
+
+
+async def drive_load(base_url: str, schedule, max_tokens: int, results: list, stop_at: list) -> None:
+    rng = np.random.default_rng(0)
+    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=httpx.Limits(max_connections=500)) as http:
+        async def one(index: int):
+            body = {"model": MODEL, "prompt": f"load request {index}", "max_tokens": max_tokens, "ignore_eos": True}
+            sent = time.time()
+            try:
+                response = await http.post("/v1/completions", json=body)
+                reply = response.json()
+                ok = response.status_code == 200 and reply["usage"]["completion_tokens"] == max_tokens
+                results.append({"sent": sent, "ok": ok, "status": response.status_code,
+                                "ttft_s": reply.get("sluice", {}).get("ttft_s"), "worker": reply.get("sluice", {}).get("worker")})
+            except httpx.HTTPError as exc:
+                results.append({"sent": sent, "ok": False, "status": str(exc)})
+
+        tasks = []
+        index = 0
+        for duration, rate in schedule:
+            end = time.time() + duration
+            while time.time() < end:
+                tasks.append(asyncio.create_task(one(index)))
+                index += 1
+                await asyncio.sleep(rng.exponential(1 / rate) if rate > 0 else duration)
+        stop_at.append(time.time())
+        await asyncio.gather(*tasks)
+
+
+def sample(cluster: BenchCluster) -> dict:
+    workers = {}
+    for worker_id in (w.decode() for w in cluster.redis.zrange(keys.WORKERS, 0, -1)):
+        beat = {k.decode(): v.decode() for k, v in cluster.redis.hgetall(keys.worker_key(worker_id)).items()}
+        if beat:
+            workers[worker_id] = {"pool": beat.get("pool"), "admission_limit": int(beat.get("admission_limit", 0)),
+                                  "inflight": int(beat.get("inflight", 0))}
+    return {"t": time.time(), "workers": workers, "queued": cluster.redis.zcard(keys.lane_key("interactive"))}
+
+
+def run_scale_bench(*, low_rps: float = 0.5, high_rps: float = 6.0, ramp_s: float = 40, high_s: float = 60,
+                    cool_s: float = 90, max_tokens: int = 120, settle_s: float = 90, json_out: str | None = None,
+                    plot_out: str | None = None, redis_url: str | None = None, progress: bool = True) -> dict:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    cluster = BenchCluster(redis_url, extra_env=LIVE_SCALER_ENV)
+    timeline: list[dict] = []
+    results: list[dict] = []
+    try:
+        _api, base_url = cluster.start_api("api")
+        scaler = cluster.start("scaler", ["scaler", "run", "--policy", "chiron", "--actuator", "local"])
+        cluster.wait(lambda: len(sample(cluster)["workers"]) >= 1, 300, "the first worker", scaler)
+        schedule = phases(low_rps, high_rps, ramp_s, high_s, cool_s)
+        stop_at: list[float] = []
+        started = time.time()
+
+        async def run():
+            load = asyncio.create_task(drive_load(base_url, schedule, max_tokens, results, stop_at))
+            while not load.done() or time.time() < (stop_at[0] if stop_at else float("inf")) + settle_s:
+                timeline.append(await asyncio.to_thread(sample, cluster))
+                if progress:
+                    last = timeline[-1]
+                    click.echo(f"\r t={last['t'] - started:5.0f}s workers={len(last['workers'])} queued={last['queued']}"
+                               f" done={len(results)}   ", nl=False, err=True)
+                if load.done() and len(timeline[-1]["workers"]) <= 1 and time.time() > stop_at[0] + 10:
+                    break
+                await asyncio.sleep(1)
+            await load
+
+        asyncio.run(run())
+        decisions = read_decisions(cluster.redis, 1000)
+    finally:
+        cluster.stop()
+    counts = [len(s["workers"]) for s in timeline]
+    limits = sorted({w["admission_limit"] for s in timeline for w in s["workers"].values()})
+    report = {
+        "config": {"low_rps": low_rps, "high_rps": high_rps, "ramp_s": ramp_s, "high_s": high_s, "cool_s": cool_s,
+                   "max_tokens": max_tokens, "scaler_env": LIVE_SCALER_ENV},
+        "requests": len(results), "completed_ok": sum(r["ok"] for r in results),
+        "lost_or_failed": [r for r in results if not r["ok"]],
+        "max_workers": max(counts, default=0), "final_workers": counts[-1] if counts else 0,
+        "batch_limits_seen": limits,
+        "scale_actions": [d for d in decisions if d["kind"] == "instances" and d["action"] != "hold"][::-1],
+        "batch_size_changes": sum(1 for d in decisions if d["kind"] == "batch_size"),
+        "timeline": [{"t": s["t"] - timeline[0]["t"], "workers": len(s["workers"]), "queued": s["queued"],
+                      "limits": {w: v["admission_limit"] for w, v in s["workers"].items()}} for s in timeline],
+    }
+    if json_out:
+        Path(json_out).write_text(json.dumps(report, indent=2, default=str))
+    if plot_out:
+        plot_timeline(report, results, plot_out)
+    return report
+
+
+def plot_timeline(report: dict, results: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [s["t"] for s in report["timeline"]]
+    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    axes[0].step(t, [s["workers"] for s in report["timeline"]], where="post")
+    axes[0].set_ylabel("workers (mixed pool)")
+    axes[1].plot(t, [s["queued"] for s in report["timeline"]])
+    axes[1].set_ylabel("interactive queued")
+    for worker in sorted({w for s in report["timeline"] for w in s["limits"]}):
+        axes[2].step(t, [s["limits"].get(worker, np.nan) for s in report["timeline"]], where="post", label=worker)
+    axes[2].set_ylabel("batch-size limit")
+    axes[2].set_xlabel("seconds")
+    axes[2].legend(fontsize=7)
+    fig.suptitle("sluice bench scale: live Chiron scaler under a load ramp")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+@click.command("scale")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
+@click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None)
+@click.option("--high-rps", type=float, default=6.0, show_default=True, help="Peak interactive arrival rate.")
+@click.option("--high-s", type=float, default=60.0, show_default=True, help="Seconds at the peak.")
+@click.option("--redis-url", default=None, help="Redis to use (its database is flushed). Default: embedded Valkey.")
+def scale_command(json_out, plot_out, high_rps, high_s, redis_url):
+    """Ramp real load up and down against `sluice scaler run --policy chiron` with local workers."""
+    report = run_scale_bench(high_rps=high_rps, high_s=high_s, json_out=json_out, plot_out=plot_out,
+                             redis_url=redis_url)
+    click.echo(f"\nrequests {report['requests']}, completed with full answers {report['completed_ok']}, "
+               f"max workers {report['max_workers']}, final workers {report['final_workers']}, "
+               f"batch limits seen {report['batch_limits_seen']}, batch-size changes {report['batch_size_changes']}")
+    for action in report["scale_actions"]:
+        click.echo(f"  {action['pool']}: {action['from']} -> {action['to']}: {action['reason']}")

@@ -1,0 +1,125 @@
+"""Mixed-instance preemption with real Redis, Celery and vLLM: interactive work never waits behind batch work."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from broker import keys
+from tests.conftest import wait_until
+from tests.integration.conftest import wait_for_idle
+
+pytestmark = pytest.mark.integration
+
+MODEL = "sluice-tiny-llama"
+BATCH_TOKENS = 1800  # long enough to still be generating when the interactive request arrives
+INTERACTIVE_TOKENS = 100
+CONTROL_PERIOD_S = 1.0
+
+
+def events(stack, request_id: str) -> list[dict]:
+    return [json.loads(f[b"event"]) for _id, f in stack.redis.xrange(keys.request_events_key(request_id))]
+
+
+def running_batch_requests(stack) -> list[str]:
+    found = []
+    for key in stack.redis.scan_iter("sluice:req:*", count=1000):
+        state = stack.redis.hgetall(key)
+        if state.get(b"lane") == b"batch" and state.get(b"status") == b"running":
+            found.append(key.decode()[len("sluice:req:"):])
+    return found
+
+
+def queued_batch_messages(stack) -> dict[str, float]:
+    """request id -> score of the messages waiting in the batch lane."""
+    return {json.loads(member)["headers"]["id"]: score
+            for member, score in stack.redis.zrange(keys.lane_key("batch"), 0, -1, withscores=True)}
+
+
+def test_interactive_arrival_preempts_batch_work_on_a_full_mixed_worker(stack):
+    wait_for_idle(stack)
+    stack.redis.delete(keys.COMPLETIONS)
+    stack.set_batch_size("main@test", 2)
+    replies: dict[int, httpx.Response] = {}
+    http = httpx.Client(base_url=stack.base_url, timeout=600)
+
+    def batch(index: int):
+        replies[index] = http.post("/v1/completions", headers={"X-Sluice-SLO": "batch"}, json={
+            "model": MODEL, "prompt": f"long batch job {index}", "max_tokens": BATCH_TOKENS, "ignore_eos": True})
+
+    threads = [threading.Thread(target=batch, args=(i,)) for i in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        batch_ids = wait_until(lambda: (ids := running_batch_requests(stack)) and len(ids) == 2 and ids,
+                               60, "both batch requests running")
+        # Both are on the engine, producing tokens: the worker is full of batch work.
+        wait_until(lambda: all(any(e["type"] == "delta" for e in events(stack, rid)) for rid in batch_ids),
+                   60, "tokens from both batch requests")
+        preempted_before = int(stack.redis.hget(keys.worker_key("main@test"), "preempted_batch_requests") or 0)
+
+        sent_at = time.monotonic()
+        first_token_s = None
+        text = []
+        body = {"model": MODEL, "prompt": "a quick question", "max_tokens": INTERACTIVE_TOKENS, "ignore_eos": True,
+                "stream": True}
+        requeued: dict[str, float] = {}
+        with http.stream("POST", "/v1/completions", json=body, headers={"X-Sluice-SLO": "interactive"}) as response:
+            assert response.status_code == 200
+            interactive_id = response.headers["X-Sluice-Request-Id"]
+            for line in response.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[6:])
+                assert "error" not in chunk, chunk
+                if chunk["choices"][0]["text"]:
+                    if first_token_s is None:
+                        first_token_s = time.monotonic() - sent_at
+                        # The yielded batch request waits in its lane meanwhile (the worker is full again).
+                        requeued = queued_batch_messages(stack)
+                    text.append(chunk["choices"][0]["text"])
+        print(f"interactive TTFT behind a full mixed worker: {first_token_s:.3f}s")
+        assert first_token_s is not None and first_token_s < CONTROL_PERIOD_S, first_token_s
+
+        for thread in threads:
+            thread.join(600)
+        assert not any(thread.is_alive() for thread in threads)
+
+        # The newest batch request yielded, went back to the batch lane at its original score, and ran again.
+        assert len(requeued) == 1, requeued
+        [(preempted_id, requeued_score)] = requeued.items()
+        assert preempted_id in batch_ids
+        assert requeued_score == float(stack.redis.hget(keys.request_key(preempted_id), "score"))
+        assert stack.redis.hget(keys.request_key(preempted_id), "preemptions") == b"1"
+        started = {rid: float(stack.redis.hget(keys.request_key(rid), "started_at")) for rid in batch_ids}
+
+        for reply in replies.values():
+            assert reply.status_code == 200, reply.text
+            assert reply.json()["usage"]["completion_tokens"] == BATCH_TOKENS
+        attempts = {reply.json()["id"]: reply.json()["sluice"]["attempt"] for reply in replies.values()}
+        assert attempts == {rid: (2 if rid == preempted_id else 1) for rid in batch_ids}, attempts
+        # Its aborted attempt published no answer; the interactive one ran while it waited.
+        preempted_events = events(stack, preempted_id)
+        assert [e["attempt"] for e in preempted_events if e["type"] == "start"] == [1, 2]
+        assert [e["attempt"] for e in preempted_events if e["type"] == "preempted"] == [1]
+        assert [e["attempt"] for e in preempted_events if e["type"] == "done"] == [2]
+        interactive_done = [e for e in events(stack, interactive_id) if e["type"] == "done"]
+        assert len(interactive_done) == 1 and interactive_done[0]["output_tokens"] == INTERACTIVE_TOKENS
+        assert interactive_done[0]["finished_at"] < started[preempted_id]  # re-run only after it
+
+        # Everything answered exactly once.
+        records = [json.loads(raw) for raw in stack.redis.lrange(keys.COMPLETIONS, 0, -1)]
+        assert sorted(r["request_id"] for r in records) == sorted([*batch_ids, interactive_id])
+        for rid in [*batch_ids, interactive_id]:
+            assert len([e for e in events(stack, rid) if e["type"] == "done"]) == 1
+        wait_until(lambda: int(stack.redis.hget(keys.worker_key("main@test"), "preempted_batch_requests") or 0)
+                   == preempted_before + 1, 5, "the preemption in the heartbeat")
+    finally:
+        for thread in threads:
+            thread.join(600)
+        http.close()
+        stack.set_batch_size("main@test", 32)

@@ -1,0 +1,61 @@
+"""Mixed-instance preemption: an interactive arrival takes a batch request's place on a full worker.
+
+A worker's capacity is its admission limit (the consumer's prefetch): while it
+is full, it pops nothing, so an interactive request queued behind a mixed
+worker's batch work waits until a batch request finishes — tens of seconds for
+a long one.  Instead, the worker aborts a batch request on the engine and puts
+its message back in the batch lane at its original score (Celery
+``Reject(requeue=True)`` → :meth:`broker.transport.Channel._do_restore_message`);
+the freed slot's next ``BZPOPMIN`` takes the interactive lane first.  The
+preempted request runs again later as a new attempt, from scratch.
+
+This module is the pure decision; :class:`workers.runtime.EngineRuntime` runs it
+every ``preemption_check_interval_s`` on its engine loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class Preempted(Exception):
+    """Raised out of ``EngineRuntime.serve`` for a request that gave its place to interactive work."""
+
+    def __init__(self, request_id: str, reason: str):
+        super().__init__(f"request {request_id} preempted: {reason}")
+        self.request_id = request_id
+        self.reason = reason
+
+
+def worker_preempts(enabled: bool, pool: str, lanes) -> bool:
+    """Whether a worker watches for interactive arrivals: preemption on, a mixed pool, both lanes consumed."""
+    return bool(enabled) and pool == "mixed" and {"interactive", "batch"} <= set(lanes)
+
+
+@dataclass(frozen=True)
+class RunningRequest:
+    request_id: str
+    slo: str
+    started_at: float  # when this attempt started on the worker
+    attempt: int = 1  # delivery attempts so far, this one included
+
+
+def batch_requests_to_preempt(pool: str, admission_limit: int, inflight_by_lane: dict[str, int],
+                              interactive_queued: int, running: list[RunningRequest], *,
+                              max_attempts: int = 4) -> list[str]:
+    """The batch requests to abort and requeue now, most recently started first.
+
+    Only a ``mixed`` worker preempts, only while it is full (no slot would free
+    otherwise) and the interactive lane has queued requests: one batch request per
+    queued interactive request, at most every batch request running.  Newest first
+    loses the least work.  A request already on its ``max_attempts``-th attempt is
+    not preempted again, so a steady interactive stream cannot starve one batch
+    request forever.
+    """
+    if pool != "mixed" or interactive_queued <= 0:
+        return []
+    if sum(inflight_by_lane.values()) < admission_limit:
+        return []  # a slot is free: the interactive request gets it without anyone yielding
+    candidates = [r for r in running if r.slo == "batch" and r.attempt < max_attempts]
+    candidates.sort(key=lambda r: (r.started_at, r.request_id), reverse=True)
+    return [r.request_id for r in candidates[:interactive_queued]]
