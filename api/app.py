@@ -22,6 +22,7 @@ from api.events import EventHub, RequestFailed, RequestTimedOut, WorkerLost, fol
 from api.metrics import Metrics
 from api.prediction import attach_predictor, record_feedback
 from api.schemas import ChatCompletionRequest, CompletionRequest
+from broker import keys
 from broker.messages import GenerationRequest
 from broker.redelivery import redeliver_from_dead_workers
 from broker.scoring import ScoringPolicy
@@ -180,6 +181,21 @@ def create_api(settings: Settings) -> FastAPI:
         payload = await anyio.to_thread.run_sync(generate_latest, state["sluice"].metrics.registry)
         return Response(payload, media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/v1/sluice/requests/{request_id}")
+    async def request_status(request_id: str):
+        fields = await state["sluice"].aioredis.hgetall(keys.request_key(request_id))
+        if not fields:
+            raise APIError(404, f"no request {request_id!r} (unknown, or finished more than a day ago)",
+                           code="request_not_found")
+        fields = {k.decode(): v.decode() for k, v in fields.items()}
+        reply = {"id": request_id, "status": fields.get("status"), "slo": fields.get("lane"),
+                 "attempt": int(fields.get("attempt", 0))}
+        if fields.get("result"):
+            reply["result"] = json.loads(fields["result"])
+        if fields.get("error"):
+            reply["error"] = fields["error"]
+        return reply
+
     @app.get("/v1/scaler/decisions")
     async def scaler_decisions(limit: int = 50):
         from scaler.service import read_decisions
@@ -198,6 +214,12 @@ def create_api(settings: Settings) -> FastAPI:
         body = await parse(http_request, model_cls)
         request = await sluice.prepare(body, http_request.headers.get(SLO_HEADER))
         await sluice.submit(request)
+        if "respond-async" in http_request.headers.get("prefer", "").lower():
+            # RFC 7240: accepted now, answer fetched later (batch submitters; see sluice.sdk).
+            location = f"/v1/sluice/requests/{request.request_id}"
+            return JSONResponse({"id": request.request_id, "status": "queued", "slo": request.slo,
+                                 "deadline": request.deadline, "location": location},
+                                status_code=202, headers={"Location": location, "Preference-Applied": "respond-async"})
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(stream_events(sluice, request, include_usage), media_type="text/event-stream",

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -52,6 +53,9 @@ class BenchCluster:
     """A Redis (the given URL, or an embedded Valkey) plus Sluice processes started on demand."""
 
     def __init__(self, redis_url: str | None = None, log_dir: Path | None = None, extra_env: dict | None = None):
+        # Children run in their own sessions; turn SIGTERM into SystemExit so `finally: stop()` still reaps them.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="sluice-bench-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._valkey = None
@@ -111,10 +115,13 @@ class BenchCluster:
 
         self.wait(idle, timeout, "the queues to drain")
 
-    def stop(self) -> None:
+    def stop_processes(self) -> None:
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()
+
+    def stop(self) -> None:
+        self.stop_processes()
         if self._valkey is not None:
             self._valkey.stop()
             self._valkey = None

@@ -39,11 +39,14 @@ async def _send(http: httpx.AsyncClient, request: BenchRequest) -> dict:
     reply = response.json()
     return {"jct_s": finished - started, "ttft_s": reply["sluice"]["ttft_s"], "queue_wait_s": reply["sluice"]["queue_wait_s"],
             "output_tokens": reply["usage"]["completion_tokens"], "sent_at": started, "finished_at": finished,
-            "predicted_output_tokens": reply["sluice"]["predicted_output_tokens"]}
+            "predicted_output_tokens": reply["sluice"]["predicted_output_tokens"], "score": reply["sluice"]["score"],
+            "prompt_id": request.prompt_id}
 
 
 async def replay(base_url: str, requests: list[BenchRequest], offsets: np.ndarray, desc: str) -> list[dict]:
-    limits = httpx.Limits(max_connections=len(requests) + 10)
+    # Fresh connections: a replay's gaps can outlast any keep-alive, and a POST on a connection the
+    # server is closing fails without a safe retry.
+    limits = httpx.Limits(max_connections=len(requests) + 10, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=base_url, timeout=3600, limits=limits) as http:
         start = time.monotonic()
         progress = tqdm(total=len(requests), desc=desc, leave=False)
@@ -70,16 +73,18 @@ def summarize(results: list[dict]) -> dict:
         "p50_ttft_s": float(np.percentile(ttft, 50)), "p99_ttft_s": float(np.percentile(ttft, 99)),
         "throughput_rps": len(results) / span, "throughput_tokens_per_s": tokens / span,
         "requests": len(results), "jct_s": sorted(float(x) for x in jct),
+        "per_request": [{k: r[k] for k in ("prompt_id", "sent_at", "jct_s", "ttft_s", "queue_wait_s", "output_tokens",
+                                            "predicted_output_tokens", "score")} for r in results],
     }
 
 
-def measure_capacity(base_url: str, requests: list[BenchRequest], burst: int) -> float:
-    """Requests/s the worker sustains when saturated (a closed burst through the FCFS API)."""
+async def measure_capacity(base_urls: list[str], requests: list[BenchRequest], burst: int) -> float:
+    """Requests/s one worker sustains when saturated: a closed burst to every stack at once, averaged."""
     sample = requests[:burst]
     started = time.time()
-    results = asyncio.run(replay(base_url, sample, np.zeros(len(sample)), "calibrating"))
-    elapsed = max(r["finished_at"] for r in results) - started
-    return len(sample) / elapsed
+    runs = await asyncio.gather(*(replay(url, sample, np.zeros(len(sample)), f"calibrating {i}")
+                                  for i, url in enumerate(base_urls)))
+    return float(np.mean([len(sample) / (max(r["finished_at"] for r in results) - started) for results in runs]))
 
 
 def kendall_tau_of_proxy(requests: list[BenchRequest]) -> float:
@@ -93,7 +98,7 @@ def kendall_tau_of_proxy(requests: list[BenchRequest]) -> float:
     return float(kendalltau(predicted, [r.true_output_tokens for r in unique.values()])[0])
 
 
-def run_ssjf_bench(*, requests: int = 300, modes=("continuous",), batch_size: int = 8, load: float = 1.0,
+def run_ssjf_bench(*, requests: int = 300, modes=("continuous",), batch_size: int = 8, load: float = 1.3,
                    redis_url: str | None = None, json_out: str | None = None, plot_out: str | None = None,
                    aging_tokens_per_s: float = 5.0) -> dict:
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -103,37 +108,47 @@ def run_ssjf_bench(*, requests: int = 300, modes=("continuous",), batch_size: in
                          "arrival_trace": "azure conv", "aging_tokens_per_s": aging_tokens_per_s,
                          "mean_true_output_tokens": mean_tokens, "model": MODEL},
               "proxy_kendall_tau": kendall_tau_of_proxy(workload), "modes": {}}
-    cluster = BenchCluster(redis_url)
+    # The three policies run at the same time, each on its own worker, API and Redis database, so that
+    # whatever else loads this machine loads them alike (side by side, not one after another).
+    primary = BenchCluster(redis_url)
+    base = primary.redis_url.rsplit("/", 1)[0]
+    clusters = {"fcfs": primary, **{p: BenchCluster(f"{base}/{i}", log_dir=primary.log_dir / p)
+                                    for i, p in enumerate(POLICIES[1:], start=1)}}
     try:
         for mode in modes:
-            worker = cluster.start_worker(f"bench-{mode}@bench", "--batching-mode", mode,
-                                          "--batch-size", str(batch_size), "--max-batch-size", str(max(batch_size, 8)))
-            api, base_url = cluster.start_api("api-calibrate", SLUICE_QUEUE_POLICY="fcfs")
-            capacity = measure_capacity(base_url, workload, burst=min(len(workload), 6 * batch_size))
-            api.stop()
-            cluster.wait_idle()
+            apis = {}
+            for policy, cluster in clusters.items():
+                cluster.start_worker(f"bench-{mode}-{policy}@bench", "--batching-mode", mode, "--batch-size",
+                                     str(batch_size), "--max-batch-size", str(max(batch_size, 8)))
+                apis[policy] = cluster.start_api(f"api-{mode}-{policy}", SLUICE_QUEUE_POLICY=policy,
+                                                 SLUICE_SSJF_AGING_TOKENS_PER_S=aging_tokens_per_s,
+                                                 SLUICE_PREDICTOR_FEEDBACK="false")[1]
+            capacity = asyncio.run(measure_capacity([apis[p] for p in POLICIES], workload,
+                                                    burst=min(len(workload), 6 * batch_size)))
+            for cluster in clusters.values():
+                cluster.wait_idle()
             rate = load * capacity
             offsets, time_scale = scaled_arrivals("conv", len(workload), rate)
             mode_report = {"capacity_rps": capacity, "arrival_rate_rps": rate, "trace_time_scale": time_scale}
-            log.info("%s: capacity %.2f req/s; replaying at %.2f req/s (conv trace time x%.3f)", mode, capacity,
-                     rate, time_scale)
-            for policy in POLICIES:
-                api, base_url = cluster.start_api(f"api-{mode}-{policy}", SLUICE_QUEUE_POLICY=policy,
-                                                  SLUICE_SSJF_AGING_TOKENS_PER_S=aging_tokens_per_s,
-                                                  SLUICE_PREDICTOR_FEEDBACK="false")
-                results = asyncio.run(replay(base_url, workload, offsets, f"{mode}/{policy}"))
-                api.stop()
-                cluster.wait_idle()
+            log.info("%s: capacity %.2f req/s per worker; replaying at %.2f req/s (conv trace time x%.3f)", mode,
+                     capacity, rate, time_scale)
+
+            async def replay_all():
+                return await asyncio.gather(*(replay(apis[p], workload, offsets, f"{mode}/{p}") for p in POLICIES))
+
+            for policy, results in zip(POLICIES, asyncio.run(replay_all())):
                 mode_report[policy] = summarize(results)
                 log.info("%s/%s: mean JCT %.2fs", mode, policy, mode_report[policy]["mean_jct_s"])
+            for cluster in clusters.values():
+                cluster.stop_processes()
             fcfs, ssjf, oracle = (mode_report[p]["mean_jct_s"] for p in POLICIES)
             mode_report["ssjf_mean_jct_reduction_vs_fcfs"] = 1 - ssjf / fcfs
             mode_report["oracle_mean_jct_reduction_vs_fcfs"] = 1 - oracle / fcfs
             mode_report["ssjf_share_of_oracle_reduction"] = ((fcfs - ssjf) / (fcfs - oracle)) if fcfs > oracle else None
             report["modes"][mode] = mode_report
-            worker.stop()
     finally:
-        cluster.stop()
+        for cluster in reversed(list(clusters.values())):
+            cluster.stop()
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=2))
     if plot_out:
@@ -189,7 +204,8 @@ def format_table(report: dict) -> str:
 @click.option("--requests", type=int, default=300, show_default=True)
 @click.option("--modes", default="continuous,dynamic,none", show_default=True, help="Batching modes to run.")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Worker admission limit.")
-@click.option("--load", type=float, default=1.0, show_default=True, help="Offered load / measured capacity.")
+@click.option("--load", type=float, default=1.3, show_default=True,
+              help="Offered load / capacity measured by a closed burst (which underestimates steady capacity).")
 @click.option("--aging-tokens-per-s", type=float, default=5.0, show_default=True, help="SSJF aging rate.")
 @click.option("--redis-url", default=None, help="Redis to use (its database is flushed). Default: embedded Valkey.")
 def ssjf_command(json_out, plot_out, requests, modes, batch_size, load, aging_tokens_per_s, redis_url):

@@ -85,7 +85,10 @@ def api(host, port, model_path) -> None:
     settings.require_redis_url()
     from api.app import create_api
 
-    uvicorn.run(create_api(settings), host=settings.api_host, port=settings.api_port, log_level="info")
+    # Keep idle client connections longer than uvicorn's 5 s default: a client that reuses a connection
+    # the server is closing gets a reset on a POST it cannot safely retry.
+    uvicorn.run(create_api(settings), host=settings.api_host, port=settings.api_port, log_level="info",
+                timeout_keep_alive=75)
 
 
 @main.command()
@@ -236,41 +239,20 @@ def bench() -> None:
     """Benchmarks (results are ratios measured side by side in one run)."""
 
 
-def _mount_optional_commands() -> None:
-    """Commands whose modules pull in heavy dependencies are imported only when present."""
-    try:
-        from bench.broker_bench import broker_command
+def _mount_subcommands() -> None:
+    from bench.broker_bench import broker_command
+    from bench.cluster import cluster_command
+    from bench.scale import scale_command
+    from bench.ssjf import ssjf_command
+    from predictor.cli import predictor_group
 
-        bench.add_command(broker_command, "broker")
-    except ImportError as exc:  # pragma: no cover - only while a module is missing
-        log.debug("bench broker unavailable: %s", exc)
-    try:
-        from bench.ssjf import ssjf_command
-
-        bench.add_command(ssjf_command, "ssjf")
-    except ImportError as exc:  # pragma: no cover
-        log.debug("bench ssjf unavailable: %s", exc)
-    try:
-        from bench.scale import scale_command
-
-        bench.add_command(scale_command, "scale")
-    except ImportError as exc:  # pragma: no cover
-        log.debug("bench scale unavailable: %s", exc)
-    try:
-        from bench.cluster import cluster_command
-
-        bench.add_command(cluster_command, "cluster")
-    except ImportError as exc:  # pragma: no cover
-        log.debug("bench cluster unavailable: %s", exc)
-    try:
-        from predictor.cli import predictor_group
-
-        main.add_command(predictor_group, "predictor")
-    except ImportError as exc:  # pragma: no cover
-        log.debug("predictor commands unavailable: %s", exc)
+    for name, command in (("broker", broker_command), ("ssjf", ssjf_command), ("cluster", cluster_command),
+                          ("scale", scale_command)):
+        bench.add_command(command, name)
+    main.add_command(predictor_group, "predictor")
 
 
-_mount_optional_commands()
+_mount_subcommands()
 
 if __name__ == "__main__":
     main()

@@ -91,13 +91,25 @@ class Process:
         self.log_file.flush()
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    def descendants(self) -> list:
+        import psutil
+
+        try:
+            return psutil.Process(self.popen.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
     def signal_group(self, signum) -> None:
+        # vLLM's engine processes outlive a SIGKILLed parent; remember them so stop() can reap them.
+        self._known_descendants = getattr(self, "_known_descendants", []) + self.descendants()
         try:
             os.killpg(self.popen.pid, signum)
         except ProcessLookupError:
             pass
 
     def stop(self, timeout: float = 30) -> None:
+        import psutil
+
         if self.alive():
             self.signal_group(signal.SIGTERM)
             try:
@@ -105,6 +117,11 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.signal_group(signal.SIGKILL)
                 self.popen.wait()
+        for leftover in getattr(self, "_known_descendants", []):
+            try:
+                leftover.kill()
+            except psutil.NoSuchProcess:
+                pass
         self.log_file.close()
 
 

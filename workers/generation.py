@@ -47,6 +47,7 @@ async def generate_and_stream(engine, client: aioredis.Redis, request: Generatio
         "queue_wait_s": started_at - request.enqueued_at,
     })
     first_token_at = last_token_at = None
+    text_parts: list[str] = []
     output_tokens = 0
     finish_reason = None
     engine_request_id = f"{request.request_id}-{attempt}"
@@ -63,6 +64,7 @@ async def generate_and_stream(engine, client: aioredis.Redis, request: Generatio
                 first_token_at = now
             last_token_at = now
             output_tokens += len(completion.token_ids)
+            text_parts.append(completion.text)
             await publish(client, request.request_id, {
                 "type": "delta", "attempt": attempt, "text": completion.text, "tokens": len(completion.token_ids),
             })
@@ -78,6 +80,7 @@ async def generate_and_stream(engine, client: aioredis.Redis, request: Generatio
         output_tokens=output_tokens,
     )
     record = {
+        "text": "".join(text_parts),
         "request_id": request.request_id, "slo": request.slo, "worker": worker_id, "attempt": attempt,
         "finish_reason": finish_reason or "length", "finished_at": finished_at,
         "deadline": request.deadline, "predicted_output_tokens": request.predicted_output_tokens,

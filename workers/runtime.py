@@ -217,13 +217,16 @@ class EngineRuntime:
                 await pipe.execute()
             await publish(self._aioredis, request.request_id, {"type": "error", "attempt": attempt, "message": str(exc)})
             raise
+        text = record.pop("text")  # streamed already as deltas; kept once, with the request state
         completion = {**record, "model": request.model}
         if self.settings.keep_prompt_text and request.prompt_text is not None:
             completion["prompt_text"] = request.prompt_text
         events_key = keys.request_events_key(request.request_id)
         # One transaction: a request is marked done exactly when its answer is published.
         async with self._aioredis.pipeline(transaction=True) as pipe:
-            pipe.hset(state_key, mapping={"status": "done", "finished_at": record["finished_at"]})
+            # The answer stays with the request state (24 h) for clients that poll instead of waiting.
+            pipe.hset(state_key, mapping={"status": "done", "finished_at": record["finished_at"],
+                                          "result": json.dumps({**record, "text": text})})
             pipe.xadd(events_key, {"event": json.dumps({"type": "done", **record})})
             pipe.expire(events_key, EVENTS_TTL_S)
             pipe.lpush(keys.COMPLETIONS, json.dumps(completion))

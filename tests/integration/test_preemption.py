@@ -16,9 +16,11 @@ from tests.integration.conftest import wait_for_idle
 pytestmark = pytest.mark.integration
 
 MODEL = "sluice-tiny-llama"
-BATCH_TOKENS = 1800  # long enough to still be generating when the interactive request arrives
+BATCH_TOKENS = 2000  # ~4 s on the tiny model: still generating when the interactive request arrives
 INTERACTIVE_TOKENS = 100
 CONTROL_PERIOD_S = 1.0
+WORKER = "preempt@test"
+LANES = ("interactive", "batch")
 
 
 def events(stack, request_id: str) -> list[dict]:
@@ -26,12 +28,9 @@ def events(stack, request_id: str) -> list[dict]:
 
 
 def running_batch_requests(stack) -> list[str]:
-    found = []
-    for key in stack.redis.scan_iter("sluice:req:*", count=1000):
-        state = stack.redis.hgetall(key)
-        if state.get(b"lane") == b"batch" and state.get(b"status") == b"running":
-            found.append(key.decode()[len("sluice:req:"):])
-    return found
+    """Ids of the batch requests the worker holds (unacked) and has started: two cheap reads, polled fast."""
+    held = [json.loads(raw)[0]["headers"]["id"] for raw in stack.redis.hvals(keys.UNACKED)]
+    return [rid for rid in held if stack.redis.hmget(keys.request_key(rid), "lane", "status") == [b"batch", b"running"]]
 
 
 def queued_batch_messages(stack) -> dict[str, float]:
@@ -43,7 +42,7 @@ def queued_batch_messages(stack) -> dict[str, float]:
 def test_interactive_arrival_preempts_batch_work_on_a_full_mixed_worker(stack):
     wait_for_idle(stack)
     stack.redis.delete(keys.COMPLETIONS)
-    stack.set_batch_size("main@test", 2)
+    app = stack.celery()
     replies: dict[int, httpx.Response] = {}
     http = httpx.Client(base_url=stack.base_url, timeout=600)
 
@@ -52,15 +51,20 @@ def test_interactive_arrival_preempts_batch_work_on_a_full_mixed_worker(stack):
             "model": MODEL, "prompt": f"long batch job {index}", "max_tokens": BATCH_TOKENS, "ignore_eos": True})
 
     threads = [threading.Thread(target=batch, args=(i,)) for i in range(2)]
+    worker = None
     try:
+        for lane in LANES:  # park the main worker (preemption off): a mixed worker with it on takes the requests
+            app.control.cancel_consumer(lane, destination=["main@test"], reply=True, timeout=5)
+        worker = stack.start_worker(WORKER, SLUICE_PREEMPTION="true")
+        stack.set_batch_size(WORKER, 2)
         for thread in threads:
             thread.start()
+        # Both on the engine: the worker is full of batch work (they run ~4 s, so poll fast).
         batch_ids = wait_until(lambda: (ids := running_batch_requests(stack)) and len(ids) == 2 and ids,
-                               60, "both batch requests running")
-        # Both are on the engine, producing tokens: the worker is full of batch work.
-        wait_until(lambda: all(any(e["type"] == "delta" for e in events(stack, rid)) for rid in batch_ids),
-                   60, "tokens from both batch requests")
-        preempted_before = int(stack.redis.hget(keys.worker_key("main@test"), "preempted_batch_requests") or 0)
+                               60, "both batch requests running", interval=0.01)
+        wait_until(lambda: all(stack.redis.xlen(keys.request_events_key(rid)) >= 3 for rid in batch_ids),
+                   10, "tokens from both batch requests", interval=0.01)  # start + deltas
+        preempted_before = int(stack.redis.hget(keys.worker_key(WORKER), "preempted_batch_requests") or 0)
 
         sent_at = time.monotonic()
         first_token_s = None
@@ -116,10 +120,14 @@ def test_interactive_arrival_preempts_batch_work_on_a_full_mixed_worker(stack):
         assert sorted(r["request_id"] for r in records) == sorted([*batch_ids, interactive_id])
         for rid in [*batch_ids, interactive_id]:
             assert len([e for e in events(stack, rid) if e["type"] == "done"]) == 1
-        wait_until(lambda: int(stack.redis.hget(keys.worker_key("main@test"), "preempted_batch_requests") or 0)
+        wait_until(lambda: int(stack.redis.hget(keys.worker_key(WORKER), "preempted_batch_requests") or 0)
                    == preempted_before + 1, 5, "the preemption in the heartbeat")
     finally:
         for thread in threads:
-            thread.join(600)
+            if thread.ident is not None:
+                thread.join(600)
         http.close()
-        stack.set_batch_size("main@test", 32)
+        for lane in LANES:
+            app.control.add_consumer(lane, destination=["main@test"], reply=True, timeout=5)
+        if worker is not None:
+            worker.stop()

@@ -57,10 +57,10 @@ def test_a_request_on_its_last_allowed_attempt_is_left_alone():
     assert batch_requests_to_preempt("mixed", 2, {"batch": 2}, 2, work, max_attempts=5) == ["b-again", "b-old"]
 
 
-def test_preemption_off_in_settings():
+def test_preemption_settings():
     from sluice.config import Settings
 
-    assert Settings().preemption is True and Settings(preemption=False).preemption is False
+    assert Settings().preemption is False and Settings(preemption=True).preemption is True
     assert Settings().preemption_check_interval_s == pytest.approx(0.1)
 
 
