@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -15,6 +16,9 @@ async def attach_predictor(sluice) -> None:
     from predictor.service import PredictionService
 
     settings = sluice.settings
+    # The API shares its host with vLLM engines whose OpenMP threads spin: a multi-threaded forward then
+    # stalls at every barrier behind them, so the predictor takes one thread unless told otherwise.
+    os.environ.setdefault("SLUICE_PREDICTOR_THREADS", "1")
     registry = ModelRegistry(settings.predictor_registry_dir)
     artifact = registry.current_artifact_dir()
     predictor = await asyncio.to_thread(LengthPredictor.load, artifact)

@@ -39,7 +39,7 @@ LIVE_SCALER_ENV = {
     "SLUICE_SCALER__LOCAL__MIN_BATCH_SIZE": "2",
     "SLUICE_SCALER__LOCAL__INITIAL_BATCH_SIZE": "4",
     "SLUICE_SCALER__LOCAL__MAX_BATCH_SIZE": "32",
-    "SLUICE_HEARTBEAT_TTL_S": "8",
+    "SLUICE_HEARTBEAT_TTL_S": "15",
     # The tiny CPU model decodes in a few ms per token: an ITL target on that scale makes the local
     # autoscaler's latency backpressure bite here as the 100 ms default does on a GPU.
     "SLUICE_SCALER__SLO__ITL_S": "0.008",

@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     batching_mode: BatchingMode = "continuous"
     dynamic_batch_timeout_s: float = 0.05
     heartbeat_interval_s: float = 1.0
-    heartbeat_ttl_s: float = Field(5.0, description="A worker whose heartbeat is older is dead; its requests are redelivered.")
+    heartbeat_ttl_s: float = Field(15.0, description="A worker whose heartbeat is older is dead; its requests are redelivered.")
     kv_cache_gib: int = Field(1, description="KV cache for the CPU build of vLLM (VLLM_CPU_KVCACHE_SPACE).")
     max_model_len: int = 2048
     engine_threads: int = Field(1, description="CPU threads for the vLLM CPU engine (OMP).")
