@@ -40,6 +40,8 @@ class Heartbeat:
                 log.exception("heartbeat failed")
 
     def start(self) -> None:
+        if self._thread.is_alive():
+            return
         self.beat()
         self._thread.start()
 

@@ -17,6 +17,8 @@ def default_worker_id() -> str:
 
 
 def run_worker(settings: Settings) -> None:
+    from celery.signals import worker_ready
+
     from workers import tasks
     from workers.celery_app import create_app
     from workers.control import AdmissionLimit
@@ -35,7 +37,9 @@ def run_worker(settings: Settings) -> None:
     tasks.bind_runtime(runtime)
     heartbeat = Heartbeat(sync_client(settings.redis_url), runtime,
                           settings.heartbeat_interval_s, settings.heartbeat_ttl_s)
-    heartbeat.start()
+    # Beat only once Celery consumes and answers control messages: a heartbeat means "ready" to the
+    # scaler, the tests and the API, and a control message sent before that would be lost.
+    worker_ready.connect(lambda **_: heartbeat.start(), weak=False)
     log.info("worker %s consuming %s (pool %s, batching %s, admission limit %d)", worker_id,
              settings.worker_lanes, settings.worker_pool, settings.batching_mode, runtime.admission_limit)
     try:
@@ -46,5 +50,5 @@ def run_worker(settings: Settings) -> None:
             "--loglevel", "INFO", "--without-mingle", "--without-gossip", "--task-events",
         ])
     finally:
-        heartbeat.stop()
+        heartbeat.stop()  # safe even if it never started
         runtime.stop()

@@ -82,22 +82,27 @@ def enqueue_direct(enqueuer: Enqueuer, name: str, lane: str, score: float, max_t
 
 
 def test_full_worker_serves_interactive_first_then_lowest_score(stack):
-    """Admission limit 1 and a long request running: the queue fills, then drains in schedule order."""
+    """Admission limit 1: the queue fills while the worker is parked, then drains in schedule order,
+    one request per free slot — interactive first, lowest score first within a lane."""
     wait_for_idle(stack)
     stack.redis.delete(keys.COMPLETIONS)
     stack.set_batch_size("main@test", 1)
-    enqueuer = Enqueuer(stack.celery(), stack.redis, {}, 1)
+    app = stack.celery()
+    enqueuer = Enqueuer(app, stack.redis, {}, 1)
+    for lane in ("interactive", "batch"):
+        app.control.cancel_consumer(lane, destination=["main@test"], reply=True, timeout=5)
     try:
-        enqueue_direct(enqueuer, "blocker", "batch", 0.0, max_tokens=2000)
-        wait_until(lambda: stack.redis.hget(keys.request_key("blocker"), "status") == b"running", 30, "the blocker")
-        queued = [("b-50", "batch", 50), ("i-30", "interactive", 30), ("b-10", "batch", 10),
+        queued = [("b-0", "batch", 0), ("b-50", "batch", 50), ("i-30", "interactive", 30), ("b-10", "batch", 10),
                   ("i-20", "interactive", 20), ("b-5", "batch", 5), ("i-40", "interactive", 40)]
         for name, lane, score in queued:
             enqueue_direct(enqueuer, name, lane, score, max_tokens=3)
-        assert stack.redis.hget(keys.request_key("blocker"), "status") == b"running", "blocker ended too soon"
+        assert stack.redis.zcard(keys.lane_key("interactive")) == 3 and stack.redis.zcard(keys.lane_key("batch")) == 4
+    finally:
+        for lane in ("interactive", "batch"):
+            app.control.add_consumer(lane, destination=["main@test"], reply=True, timeout=5)
+    try:
         wait_until(lambda: len(completions(stack)) == 7, 120, "all requests")
-        assert [r["request_id"] for r in completions(stack)] == \
-            ["blocker", "i-20", "i-30", "i-40", "b-5", "b-10", "b-50"]
+        assert [r["request_id"] for r in completions(stack)] == ["i-20", "i-30", "i-40", "b-0", "b-5", "b-10", "b-50"]
     finally:
         stack.set_batch_size("main@test", 32)
 
