@@ -27,6 +27,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    """True when GET url answers 200; False while the server is not up yet."""
+    try:
+        return httpx.get(url, timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 class BenchProcess:
     def __init__(self, name: str, args: list[str], env: dict, log_dir: Path):
         self.name = name
@@ -99,13 +107,7 @@ class BenchCluster:
         process = self.start(name, ["api", "--port", str(port)], **env)
         base_url = f"http://127.0.0.1:{port}"
 
-        def healthy():
-            try:
-                return httpx.get(base_url + "/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        self.wait(healthy, 300, f"API {name}", process)
+        self.wait(lambda: http_ok(base_url + "/healthz"), 300, f"API {name}", process)
         return process, base_url
 
     def wait_idle(self, timeout: float = 600) -> None:

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import redis
 
+from bench.processes import http_ok
 from broker import keys
 from sluice.config import Settings
 from tests.conftest import MACHINE_REDIS_URL, Process, free_port, redis_reachable, wait_until
@@ -79,13 +80,7 @@ def stack(model_dir, log_dir):
     stack.start_worker("main@test")
     api = stack.start("api", ["api", "--port", str(stack.api_port)])
 
-    def healthy():
-        try:
-            return httpx.get(stack.base_url + "/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(healthy, 120, "the API", interval=0.5, process=api)
+    wait_until(lambda: http_ok(stack.base_url + "/healthz"), 120, "the API", interval=0.5, process=api)
     yield stack
     for process in reversed(stack.processes):
         process.stop()

@@ -8,6 +8,7 @@ import httpx
 import openai
 import pytest
 
+from bench.processes import http_ok
 from broker import keys
 from tests.conftest import Process, free_port, wait_until
 from tests.integration.conftest import lane_snapshot, wait_for_idle
@@ -111,13 +112,7 @@ def test_full_lane_answers_429_with_retry_after(stack, model_dir, log_dir):
     env = {**stack.env, "SLUICE_REDIS_URL": url, "SLUICE_LANE_ADMISSION_LIMITS": json.dumps({"batch": 2})}
     api = Process("api-429", ["api", "--port", str(port)], env, log_dir)
     try:
-        def up():
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, 120, "the second API", interval=0.5, process=api)
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 120, "the second API", interval=0.5, process=api)
         body = {"model": MODEL, "prompt": "hi", "max_tokens": 2, "stream": True}
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
             for _ in range(2):

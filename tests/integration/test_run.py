@@ -10,6 +10,7 @@ import openai
 import psutil
 import pytest
 
+from bench.processes import http_ok
 from tests.conftest import Process, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -21,13 +22,7 @@ def test_sluice_run_embedded_valkey_flower_and_ctrl_c(model_dir, log_dir, tmp_pa
     env.update(SLUICE_DATA_DIR=str(tmp_path / "data"), SLUICE_MODEL=str(model_dir))
     run = Process("sluice-run", ["run", "--port", str(api_port), "--flower-port", str(flower_port)], env, log_dir)
     try:
-        def up(url):
-            try:
-                return httpx.get(url, timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(lambda: up(f"http://127.0.0.1:{api_port}/healthz"), 180, "the API", interval=0.5, process=run)
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{api_port}/healthz"), 180, "the API", interval=0.5, process=run)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{api_port}/v1", api_key="unused", timeout=180)
         reply = client.chat.completions.create(model="sluice-tiny-llama", max_tokens=5,
                                                messages=[{"role": "user", "content": "hello"}],
@@ -35,7 +30,7 @@ def test_sluice_run_embedded_valkey_flower_and_ctrl_c(model_dir, log_dir, tmp_pa
         assert reply.usage.completion_tokens == 5
         assert "valkey" in run.log_tail(200).lower()
 
-        wait_until(lambda: up(f"http://127.0.0.1:{flower_port}/api/workers?refresh=1"), 120, "Flower",
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{flower_port}/api/workers?refresh=1"), 120, "Flower",
                    interval=1, process=run)
         workers = httpx.get(f"http://127.0.0.1:{flower_port}/api/workers?refresh=1", timeout=10).json()
         assert any(name.startswith("sluice-") for name in workers), workers

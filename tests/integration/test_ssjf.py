@@ -9,6 +9,7 @@ import threading
 import httpx
 import pytest
 
+from bench.processes import http_ok
 from broker import keys
 from predictor.predictor import DEFAULT_ARTIFACT_DIR
 from predictor.registry import ModelRegistry
@@ -31,13 +32,7 @@ def ssjf_api(stack, tmp_path_factory):
                       SLUICE_SSJF_AGING_TOKENS_PER_S="1")
     base = f"http://127.0.0.1:{port}"
 
-    def healthy():
-        try:
-            return httpx.get(base + "/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    wait_until(healthy, 180, "the SSJF API", interval=0.5, process=api)
+    wait_until(lambda: http_ok(base + "/healthz"), 180, "the SSJF API", interval=0.5, process=api)
     yield base, registry_root
     api.stop()
 
