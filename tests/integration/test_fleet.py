@@ -117,6 +117,9 @@ def test_killed_worker_requests_redelivered_and_streams_fail_clearly(stack):
     for lane in ("interactive", "batch"):  # park the main worker so the victim takes the requests
         app.control.cancel_consumer(lane, destination=["main@test"], reply=True, timeout=5)
     victim = stack.start_worker("victim@test")
+    # The victim also waits until every request is queued, so all of them run on it at once.
+    for lane in ("interactive", "batch"):
+        app.control.cancel_consumer(lane, destination=["victim@test"], reply=True, timeout=5)
     results: dict[str, object] = {}
     client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key="unused", timeout=300, max_retries=0)
 
@@ -140,6 +143,9 @@ def test_killed_worker_requests_redelivered_and_streams_fail_clearly(stack):
     try:
         for thread in threads:
             thread.start()
+        wait_until(lambda: stack.redis.zcard(keys.lane_key("interactive")) == PLAIN + 1, 60, "every request queued")
+        for lane in ("interactive", "batch"):
+            app.control.add_consumer(lane, destination=["victim@test"], reply=True, timeout=5)
         wait_until(lambda: results.get("stream-tokens", 0) >= 1 and stack.redis.hlen(keys.UNACKED_OWNER) == PLAIN + 1,
                    60, "every request running on the victim", interval=0.05, process=victim)
         assert set(v.decode() for v in stack.redis.hvals(keys.UNACKED_OWNER)) == {"victim@test"}
