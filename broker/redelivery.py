@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 
+import time
+
 import redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
@@ -57,7 +59,10 @@ def restore_unacked(client: redis.Redis, delivery_tag: str, dead_owner: str | No
         pipe.hdel(keys.UNACKED_OWNER, delivery_tag)
         if raw:
             payload, _exchange, routing_key = loads(bytes_to_str(raw))
-            payload.setdefault("headers", {})["redelivered"] = True
+            headers = payload.setdefault("headers", {})
+            headers["redelivered"] = True
+            # When it went back: the worker that takes it reports how long redelivery took.
+            headers["sluice_redelivered_at"] = time.time()
             payload.get("properties", {}).get("delivery_info", {})["redelivered"] = True
             # Sluice declares every lane with routing key == queue name.
             pipe.zadd(keys.lane_key(routing_key), {dumps(payload): message_score(payload)})

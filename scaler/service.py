@@ -11,6 +11,7 @@ Every decision is logged with its inputs and reason, kept in Redis for ``sluice 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -85,9 +86,7 @@ class ScalerService:
     def pools(self) -> dict[str, PoolObservation]:
         observed = {}
         for pool in POOLS:
-            count = self.actuator.current(pool)
-            observed[pool] = PoolObservation(pool=pool, ready=count.ready, starting=count.starting,
-                                             draining=count.draining)
+            observed[pool] = PoolObservation(pool=pool, **dataclasses.asdict(self.actuator.current(pool)))
         return observed
 
     def global_round(self, raw) -> list:

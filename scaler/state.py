@@ -66,10 +66,10 @@ class LaneObservation:
 
 
 @dataclass(frozen=True)
-class PoolObservation:
-    """Instance counts of one pool; ``starting`` instances are launched but not yet serving."""
+class PoolCount:
+    """Instance counts of one pool; ``starting`` instances are launched but not yet serving, ``draining``
+    ones finish their requests and leave. Actuators report these; the scaler observes them."""
 
-    pool: str
     ready: int = 0
     starting: int = 0
     draining: int = 0
@@ -78,6 +78,13 @@ class PoolObservation:
     def provisioned(self) -> int:
         """Instances that count towards the pool's size (draining ones are on their way out)."""
         return self.ready + self.starting
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoolObservation(PoolCount):
+    """A pool's instance counts, named, as one snapshot of the cluster holds them."""
+
+    pool: str
 
 
 @dataclass(frozen=True)

@@ -160,8 +160,10 @@ class EngineRuntime:
         return limit
 
     # --- serving ---------------------------------------------------------------
-    def serve(self, payload: dict) -> dict | None:
-        """Run one request (called on a Celery pool thread); None if it was already answered."""
+    def serve(self, payload: dict, redelivered_at: float | None = None) -> dict | None:
+        """Run one request (called on a Celery pool thread); None if it was already answered.
+
+        ``redelivered_at``: when a dead worker's copy of this message went back to its lane, if it did."""
         request = GenerationRequest.model_validate(payload)
         state_key = keys.request_key(request.request_id)
         if self.redis.hget(state_key, "status") == b"done":
@@ -174,11 +176,15 @@ class EngineRuntime:
             pipe.hset(state_key, mapping={"status": "running", "worker": self.worker_id, "started_at": started_at})
             pipe.expire(state_key, REQUEST_STATE_TTL_S)
             attempt = pipe.execute()[0]
+        if redelivered_at is not None:
+            log.info("request %s: attempt %d, redelivered %.2f s ago after its worker died", request.request_id,
+                     attempt, started_at - redelivered_at)
         with self.inflight_lock:
             self.inflight += 1
             self.inflight_by_lane[request.slo] += 1
         try:
-            future = asyncio.run_coroutine_threadsafe(self._serve(request, attempt, started_at), self._loop)
+            future = asyncio.run_coroutine_threadsafe(self._serve(request, attempt, started_at, redelivered_at),
+                                                      self._loop)
             record = future.result()
         finally:
             with self.inflight_lock:
@@ -187,7 +193,8 @@ class EngineRuntime:
                 self._yielding.pop(request.request_id, None)
         return record
 
-    async def _serve(self, request: GenerationRequest, attempt: int, started_at: float) -> dict:
+    async def _serve(self, request: GenerationRequest, attempt: int, started_at: float,
+                     redelivered_at: float | None = None) -> dict:
         state_key = keys.request_key(request.request_id)
         current = _Attempt(RunningRequest(request.request_id, request.slo, started_at, attempt), asyncio.current_task())
         self._running[request.request_id] = current
@@ -199,6 +206,7 @@ class EngineRuntime:
                         _PreemptibleEngine(self.engine, current), self._aioredis, request,
                         attempt=attempt, worker_id=self.worker_id, started_at=started_at,
                     )
+                    record["redelivered_at"] = redelivered_at
             finally:
                 # Generated (or failed): from here on this attempt cannot be preempted.
                 if self._running.get(request.request_id) is current:

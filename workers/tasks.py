@@ -17,12 +17,13 @@ def bind_runtime(runtime) -> None:
     _runtime = runtime
 
 
-@shared_task(name=TASK_NAME, acks_late=True)
-def generate(payload: dict) -> dict | None:
+@shared_task(name=TASK_NAME, acks_late=True, bind=True)
+def generate(self, payload: dict) -> dict | None:
     if _runtime is None:
         raise RuntimeError("this process has no engine: run requests with `sluice worker`")
     try:
-        return _runtime.serve(payload)
+        # Set by broker.redelivery when a dead worker's message went back to its lane.
+        return _runtime.serve(payload, redelivered_at=getattr(self.request, "sluice_redelivered_at", None))
     except Preempted as exc:
         # Back to its lane at its original score (broker.transport restores it there), to run again later.
         raise Reject(str(exc), requeue=True) from None

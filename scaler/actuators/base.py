@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Mapping, Protocol, runtime_checkable
 
 from broker import keys
+from scaler.state import PoolCount
 
 # Pool -> lanes its workers consume, in priority order.
 POOL_LANES: dict[str, tuple[str, ...]] = {
@@ -23,19 +24,6 @@ POOL_LANES: dict[str, tuple[str, ...]] = {
 }
 
 InstanceState = Literal["starting", "ready", "draining"]
-
-
-@dataclass(frozen=True)
-class PoolCount:
-    """Instances of one pool; draining ones no longer count towards its size."""
-
-    ready: int = 0
-    starting: int = 0
-    draining: int = 0
-
-    @property
-    def provisioned(self) -> int:
-        return self.ready + self.starting
 
 
 @dataclass(frozen=True)

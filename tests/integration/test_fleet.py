@@ -168,8 +168,14 @@ def test_killed_worker_requests_redelivered_and_streams_fail_clearly(stack):
         assert len(second_starts) == PLAIN + 1
         records = completions(stack)
         assert len(records) == PLAIN + 1 and len({r["request_id"] for r in records}) == PLAIN + 1
-        redelivery_delay = [r["finished_at"] - r["e2e_s"] + r["queue_wait_s"] for r in records]  # restart times
-        assert all(start - killed_at < 15 for start in redelivery_delay), (redelivery_delay, killed_at)
+        # Back on the lane within seconds of the heartbeat lapsing: TTL 5 s + one 1 s sweep, with room for a
+        # loaded host. Restarting also needs main@test's own consumer thread, which shares 2 cores with its engine
+        # and the dead worker's leftovers, so its bound allows for CPU contention (still far from the 1 h timeout).
+        redelivered = sorted(r["redelivered_at"] - killed_at for r in records)
+        restarted = sorted(r["finished_at"] - r["e2e_s"] + r["queue_wait_s"] - killed_at for r in records)
+        timeline = f"seconds after the kill: redelivered {redelivered}, restarted {restarted}"
+        assert all(0 < delay < 15 for delay in redelivered), timeline
+        assert all(delay < 45 for delay in restarted), timeline
     finally:
         for lane in ("interactive", "batch"):
             app.control.add_consumer(lane, destination=["main@test"], reply=True, timeout=5)

@@ -17,8 +17,8 @@ def raw(read_at=NOW, heartbeat_age=1.0, arrivals=None, queued=0, oldest=None, bu
     return RawObservation(read_at=read_at, heartbeats={"w1": beat}, lane_depths={"interactive": queued, "batch": 0},
                           oldest_enqueued_at={"interactive": oldest, "batch": None}, arrivals=arrivals or {},
                           deadline_buckets=list(buckets),
-                          pools={"mixed": PoolObservation("mixed", ready=1), "interactive": PoolObservation("interactive"),
-                                 "batch": PoolObservation("batch")})
+                          pools={"mixed": PoolObservation(pool="mixed", ready=1), "interactive": PoolObservation(pool="interactive"),
+                                 "batch": PoolObservation(pool="batch")})
 
 
 def test_worker_fields_map_to_observation():

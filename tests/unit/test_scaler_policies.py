@@ -17,9 +17,9 @@ def snap(now=1000.0, mixed=4, batch_pool=0, ws=None, queued=0, wait=0.0, groups=
         observed_at=now - age,
         complete=complete,
         pools={
-            "mixed": PoolObservation("mixed", ready=mixed),
-            "batch": PoolObservation("batch", ready=batch_pool),
-            "interactive": PoolObservation("interactive"),
+            "mixed": PoolObservation(pool="mixed", ready=mixed),
+            "batch": PoolObservation(pool="batch", ready=batch_pool),
+            "interactive": PoolObservation(pool="interactive"),
         },
         workers=ws if ws is not None else workers("mixed", mixed),
         interactive=LaneObservation("interactive", queued=queued, oldest_wait_s=wait),
