@@ -50,7 +50,7 @@ class SluiceAPI:
         self.metrics = Metrics(self.redis, settings.lanes)
         self.scoring = ScoringPolicy(settings.queue_policy, settings.ssjf_aging_tokens_per_s,
                                      settings.ssjf_max_predicted_tokens)
-        self.predictor = None  # set by attach_predictor when the policy needs predictions
+        self.predictor = None  # set by attach_predictor when lengths are predicted (settings.predicts_lengths)
         self._background: set[asyncio.Task] = set()
 
     # --- request preparation --------------------------------------------------
@@ -129,7 +129,7 @@ def create_api(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         sluice = SluiceAPI(settings)
-        if settings.queue_policy == "ssjf":
+        if settings.predicts_lengths:
             await attach_predictor(sluice)
         state["sluice"] = sluice
         background = [asyncio.create_task(sluice.sweep_dead_workers()), asyncio.create_task(sluice.events.run())]

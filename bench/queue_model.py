@@ -5,11 +5,14 @@ an overloaded queue JCT moves several times as much, so live policy differences 
 sit near the noise. This model replays the *same* requests (arrival offsets, true lengths, the proxy's
 predictions, the queue policy's scores) through an idealised worker with the benchmark's batching mode
 and admission limit, where every engine step takes the same time. Only the schedule differs between
-policies, so its ratios are exact for that schedule; they are what the live stack can reach at best.
+policies, so the model isolates the schedule's effect from machine noise.
 
-It also gives the ceiling no scheduler can beat on a workload: with every request already queued, a
-single server's mean completion time under shortest-first divided by its mean under a random order.
-"""
+It is not an upper bound on the live stack: a real engine's step costs more as the running requests'
+contexts grow, so orders that run short requests together also make their steps cheaper, an advantage
+the model leaves out (docs/bench-ssjf.md compares the two).
+
+``shortest_first_ceiling`` is the analogous reference for a length distribution alone: every request
+queued at once on one server with a fixed cost per token."""
 
 from __future__ import annotations
 
@@ -83,7 +86,7 @@ def modelled_mean_jct(worker: WorkerModel, arrivals, predicted, true, aging_toke
 
 def shortest_first_ceiling(output_tokens) -> float:
     """Mean completion time under shortest-first / under a random order, every request queued at once on
-    one server: the most any length-based order can cut mean JCT on this length distribution is 1 - this."""
+    one server with a fixed cost per token: 1 - this is what ordering alone can cut from mean JCT there."""
     lengths = np.sort(np.asarray(output_tokens, dtype=float))
     count = len(lengths)
     shortest_first = np.cumsum(lengths).mean()

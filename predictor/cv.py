@@ -7,6 +7,7 @@ soups and the own-head mix. Usage::
 
     .venv/bin/python -m predictor.cv run --name base --seeds 0 1 --out /tmp/predictor-cv
     .venv/bin/python -m predictor.cv summarize --out /tmp/predictor-cv --name base
+    .venv/bin/python -m predictor.cv similarity --out /tmp/predictor-cv --name base   # head weighting
 """
 from __future__ import annotations
 
@@ -98,6 +99,48 @@ def fold_scores(heads, ids, lengths, model_names, target=D.DEFAULT_TARGET_MODEL)
     return res
 
 
+def model_similarity(fit_ids, lengths, model_names, target=D.DEFAULT_TARGET_MODEL) -> np.ndarray:
+    """Pearson correlation of each model's log lengths with the target model's, over the fit prompts."""
+    y = target_matrix(fit_ids, lengths, model_names)[:, 1:]
+    own = y[:, model_names.index(target)]
+    similarity = np.zeros(len(model_names))
+    for k in range(len(model_names)):
+        both = ~np.isnan(y[:, k]) & ~np.isnan(own)
+        if both.sum() > 10:
+            similarity[k] = np.corrcoef(y[both, k], own[both])[0, 1]
+    return np.nan_to_num(similarity)
+
+
+def similarity_weighted(heads: np.ndarray, similarity: np.ndarray, power: float) -> np.ndarray:
+    """Heads averaged with weights max(similarity, 0) ** power (power 0 = the plain mean of all heads)."""
+    weights = np.clip(similarity, 0, None) ** power
+    return heads[:, 1:] @ (weights / weights.sum())
+
+
+def summarize_similarity(out: Path, name: str, powers=(0, 1, 2, 4, 8, 16)) -> dict:
+    """Tau of similarity-weighted head means, weights from each fold's fit prompts only."""
+    train_ids, _, lengths, model_names = _setup()
+    d = Path(out) / name
+    k = json.loads((d / "config.json").read_text())["k"]
+    target = D.DEFAULT_TARGET_MODEL
+    scores: dict[str, list[float]] = {}
+    for fold in range(k):
+        runs = [np.load(f) for f in sorted(d.glob(f"fold{fold}_seed*.npz"))]
+        if not runs:
+            continue
+        ids = list(runs[0]["ids"])
+        heads = np.mean([r["heads"] for r in runs], 0)
+        similarity = model_similarity([i for i in train_ids if cv_fold(i, k) != fold], lengths, model_names)
+        rows = [n for n, i in enumerate(ids) if target in lengths[i]]
+        actual = [lengths[ids[n]][target] for n in rows]
+        own = heads[rows, 1 + model_names.index(target)]
+        for power in powers:
+            mixed = similarity_weighted(heads[rows], similarity, power)
+            for w in (0.0, 0.2, 0.4):
+                scores.setdefault(f"p{power}_w{w}", []).append(float(kendalltau((1 - w) * mixed + w * own, actual)[0]))
+    return {key: round(float(np.mean(v)), 4) for key, v in scores.items()}
+
+
 def summarize(out: Path, name: str, seeds: list[int] | None = None) -> dict:
     _, by_id, lengths, model_names = _setup()
     d = Path(out) / name
@@ -149,7 +192,7 @@ def soup(out: Path, name: str, seeds: list[int] | None = None) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("command", choices=["run", "summarize", "soup"])
+    ap.add_argument("command", choices=["run", "summarize", "soup", "similarity"])
     ap.add_argument("--name", required=True)
     ap.add_argument("--out", default="/tmp/predictor-cv")
     ap.add_argument("--k", type=int, default=3)
@@ -162,6 +205,8 @@ def main(argv=None):
     if args.command == "run":
         cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "seed"})
         run(args.name, cfg, args.seeds or [0], args.k, Path(args.out), args.folds)
+    elif args.command == "similarity":
+        print(json.dumps(summarize_similarity(Path(args.out), args.name)))
     elif args.command == "summarize":
         print(json.dumps(summarize(Path(args.out), args.name, args.seeds)))
     else:

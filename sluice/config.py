@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from scaler.config import ScalerConfig
@@ -56,6 +56,8 @@ class Settings(BaseSettings):
         20.0, description="Aging: a request is overtaken only by requests arriving < predicted_tokens/this seconds later."
     )
     ssjf_max_predicted_tokens: float = Field(4096.0, description="Cap on the predicted length used in scores.")
+    predict_lengths: bool | None = Field(
+        None, description="Predict output lengths at enqueue. Unset: only with queue_policy=ssjf, which needs them.")
     predictor_registry: Path | None = Field(
         None, description="Predictor version registry (versions/ + CURRENT). Unset: <data_dir>/predictor-registry.")
     predictor_reload_interval_s: float = Field(10.0, description="How often the API checks for a new predictor version.")
@@ -93,6 +95,15 @@ class Settings(BaseSettings):
     scaler_actuator: Literal["local", "docker", "kubernetes"] = "local"
     scaler: ScalerConfig = Field(default_factory=ScalerConfig, description="Every scaling constant (docs/scaler.md).")
 
+    @property
+    def predicts_lengths(self) -> bool:
+        return self.queue_policy == "ssjf" if self.predict_lengths is None else self.predict_lengths
+
+    @model_validator(mode="after")
+    def _ssjf_needs_predictions(self) -> "Settings":
+        if self.queue_policy == "ssjf" and self.predict_lengths is False:
+            raise ValueError("queue_policy=ssjf scores by predicted length: predict_lengths cannot be false")
+        return self
 
     @field_validator("lanes", "worker_lanes")
     @classmethod

@@ -84,3 +84,15 @@ def test_deployment_files_use_only_real_settings():
     used = {(path.name, name.split("__")[0]) for path in files for name in ENV_NAME.findall(path.read_text())}
     unknown = sorted((file, name) for file, name in used if name not in known)
     assert not unknown, f"SLUICE_* names that are no Settings field: {unknown}"
+
+
+def test_predict_lengths_defaults_to_the_policy_and_ssjf_cannot_turn_it_off():
+    import pydantic
+
+    from sluice.config import Settings
+
+    assert Settings(queue_policy="ssjf").predicts_lengths
+    assert not Settings(queue_policy="fcfs").predicts_lengths
+    assert Settings(queue_policy="fcfs", predict_lengths=True).predicts_lengths
+    with pytest.raises(pydantic.ValidationError, match="predict_lengths cannot be false"):
+        Settings(queue_policy="ssjf", predict_lengths=False)
