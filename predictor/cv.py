@@ -8,6 +8,7 @@ soups and the own-head mix. Usage::
     .venv/bin/python -m predictor.cv run --name base --seeds 0 1 --out /tmp/predictor-cv
     .venv/bin/python -m predictor.cv summarize --out /tmp/predictor-cv --name base
     .venv/bin/python -m predictor.cv similarity --out /tmp/predictor-cv --name base   # head weighting
+    .venv/bin/python -m predictor.cv distil --out /tmp/predictor-cv --name base --seeds 0 1   # ensemble -> student
 """
 from __future__ import annotations
 
@@ -141,6 +142,42 @@ def summarize_similarity(out: Path, name: str, powers=(0, 1, 2, 4, 8, 16)) -> di
     return {key: round(float(np.mean(v)), 4) for key, v in scores.items()}
 
 
+def distil(out: Path, name: str, teacher_seeds: list[int], student_seed: int, label_weight: float) -> dict:
+    """Distils each fold's teacher ensemble (saved fold weights) into one student, scored out of fold.
+
+    The student's targets on the fit prompts are label_weight * real lengths + (1 - label_weight) * the
+    teachers' mean prediction, and the teachers' prediction alone where a model has no real length (most
+    prompts lack some of the 219 models), so the student sees dense targets. One encoder pass to serve."""
+    train_ids, by_id, lengths, model_names = _setup()
+    d = Path(out) / name
+    cfg_dict = json.loads((d / "config.json").read_text())
+    k = cfg_dict.pop("k")
+    cfg = TrainConfig(**{**cfg_dict, "seed": student_seed})
+    rows = []
+    for fold in range(k):
+        fit = [i for i in train_ids if cv_fold(i, k) != fold]
+        held = [i for i in train_ids if cv_fold(i, k) == fold]
+        fit_texts = [by_id[i].prompt for i in fit]
+        teacher_heads = []
+        for seed in teacher_seeds:
+            teacher, tok = load_base(model_names, 0.0)
+            teacher.load_state_dict({kk: v.float() for kk, v in torch.load(d / f"fold{fold}_seed{seed}.pt").items()},
+                                    strict=False)
+            teacher.eval()
+            teacher_heads.append(all_heads(teacher, tok, fit_texts, cfg.max_length))
+        soft = np.mean(teacher_heads, 0).astype(np.float32)
+        labels = target_matrix(fit, lengths, model_names)
+        y = np.where(np.isnan(labels), soft, label_weight * labels + (1 - label_weight) * soft).astype(np.float32)
+        torch.manual_seed(student_seed)
+        student, tok = load_base(model_names, float(np.nanmean(labels[:, CONSENSUS_HEAD])))
+        fine_tune(student, tok, fit_texts, y, cfg, show_progress=False)
+        heads = all_heads(student, tok, [by_id[i].prompt for i in held], cfg.max_length)
+        scores = fold_scores(heads, held, lengths, model_names)
+        print(json.dumps({"fold": fold, "label_weight": label_weight, **scores}), flush=True)
+        rows.append(scores)
+    return {key: round(float(np.mean([r[key] for r in rows])), 4) for key in rows[0]}
+
+
 def summarize(out: Path, name: str, seeds: list[int] | None = None) -> dict:
     _, by_id, lengths, model_names = _setup()
     d = Path(out) / name
@@ -192,7 +229,9 @@ def soup(out: Path, name: str, seeds: list[int] | None = None) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("command", choices=["run", "summarize", "soup", "similarity"])
+    ap.add_argument("command", choices=["run", "summarize", "soup", "similarity", "distil"])
+    ap.add_argument("--student-seed", type=int, default=2)
+    ap.add_argument("--label-weight", type=float, default=0.5)
     ap.add_argument("--name", required=True)
     ap.add_argument("--out", default="/tmp/predictor-cv")
     ap.add_argument("--k", type=int, default=3)
@@ -205,6 +244,8 @@ def main(argv=None):
     if args.command == "run":
         cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "seed"})
         run(args.name, cfg, args.seeds or [0], args.k, Path(args.out), args.folds)
+    elif args.command == "distil":
+        print(json.dumps(distil(Path(args.out), args.name, args.seeds or [0, 1], args.student_seed, args.label_weight)))
     elif args.command == "similarity":
         print(json.dumps(summarize_similarity(Path(args.out), args.name)))
     elif args.command == "summarize":

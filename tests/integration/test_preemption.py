@@ -57,8 +57,15 @@ def test_interactive_arrival_preempts_batch_work_on_a_full_mixed_worker(stack):
             app.control.cancel_consumer(lane, destination=["main@test"], reply=True, timeout=5)
         worker = stack.start_worker(WORKER, SLUICE_PREEMPTION="true")
         stack.set_batch_size(WORKER, 2)
+        # The new worker too waits until both batch requests are queued, then takes both at once: two
+        # requests that reach the lane a moment apart were seen to run one after the other.
+        for lane in LANES:
+            app.control.cancel_consumer(lane, destination=[WORKER], reply=True, timeout=5)
         for thread in threads:
             thread.start()
+        wait_until(lambda: stack.redis.zcard(keys.lane_key("batch")) == 2, 60, "both batch requests queued")
+        for lane in LANES:
+            app.control.add_consumer(lane, destination=[WORKER], reply=True, timeout=5)
         # Both on the engine: the worker is full of batch work (they run ~4 s, so poll fast).
         batch_ids = wait_until(lambda: (ids := running_batch_requests(stack)) and len(ids) == 2 and ids,
                                60, "both batch requests running", interval=0.01)
