@@ -24,6 +24,11 @@ import numpy as np
 from broker.scoring import ScoringPolicy
 
 
+def running_slots(batching_mode: str, admission_limit: int) -> int:
+    """Requests a worker runs at once: its admission limit, except one at a time with ``none``."""
+    return 1 if batching_mode == "none" else admission_limit
+
+
 @dataclass(frozen=True)
 class WorkerModel:
     batching_mode: str  # continuous | dynamic | none
@@ -32,7 +37,7 @@ class WorkerModel:
 
     @property
     def slots(self) -> int:
-        return 1 if self.batching_mode == "none" else self.admission_limit
+        return running_slots(self.batching_mode, self.admission_limit)
 
 
 def completion_times(worker: WorkerModel, arrivals: np.ndarray, output_tokens: np.ndarray,

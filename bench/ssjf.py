@@ -22,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.processes import BenchCluster
-from bench.queue_model import shortest_first_ceiling
+from bench.queue_model import WorkerModel, modelled_mean_jct, running_slots, shortest_first_ceiling
 from bench.workload import LENGTH_MODEL, BenchRequest, scaled_arrivals, validation_requests
 
 log = logging.getLogger(__name__)
@@ -107,11 +107,9 @@ def model_the_queue(mode: str, batch_size: int, workload: list[BenchRequest], of
                     aging_tokens_per_s: float) -> dict:
     """The same requests, arrivals, predictions and scores through bench.queue_model's noise-free worker,
     with its step time set so that its full-batch throughput is the live FCFS replays' tokens/s."""
-    from bench.queue_model import WorkerModel, modelled_mean_jct
-
     predicted_by_prompt = {r["prompt_id"]: r["predicted_output_tokens"] for r in mode_report["ssjf"]["per_request"]}
-    worker = WorkerModel(mode, batch_size, step_s=0.0)
-    worker = WorkerModel(mode, batch_size, step_s=worker.slots / mode_report["fcfs"]["throughput_tokens_per_s"])
+    step_s = running_slots(mode, batch_size) / mode_report["fcfs"]["throughput_tokens_per_s"]
+    worker = WorkerModel(mode, batch_size, step_s=step_s)
     jct = modelled_mean_jct(worker, offsets, [predicted_by_prompt[r.prompt_id] for r in workload],
                             [r.true_output_tokens for r in workload], aging_tokens_per_s)
     return {"step_s": worker.step_s, "slots": worker.slots, "mean_jct_s": jct, **reductions(jct)}
@@ -187,13 +185,14 @@ def run_ssjf_bench(*, requests: int = 300, modes=("continuous",), batch_size: in
                     for policy in POLICIES}
             for base_url in apis.values():
                 asyncio.run(warm_up(base_url))
-            slots = 1 if mode == "none" else batch_size
-            capacity_tokens = asyncio.run(measure_capacity(apis["fcfs"], workload, burst=min(len(workload), 4 * slots)))
+            burst = min(len(workload), 4 * running_slots(mode, batch_size))
+            capacity_tokens = asyncio.run(measure_capacity(apis["fcfs"], workload, burst=burst))
             capacity = capacity_tokens / mean_tokens
             cluster.wait_idle()
             rate = load * capacity
             offsets, time_scale = scaled_arrivals("conv", len(workload), rate)
-            mode_report = {"capacity_tokens_per_s": capacity_tokens, "capacity_rps": capacity, "arrival_rate_rps": rate, "trace_time_scale": time_scale,
+            mode_report = {"capacity_tokens_per_s": capacity_tokens, "capacity_rps": capacity,
+                           "arrival_rate_rps": rate, "trace_time_scale": time_scale,
                            "policy_orders": [list(order) for order in round_orders(rounds)]}
             log.info("%s: capacity %.2f req/s; replaying at %.2f req/s (conv trace time x%.3f)", mode, capacity,
                      rate, time_scale)
