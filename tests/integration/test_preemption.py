@@ -78,23 +78,44 @@ def test_interactive_arrival_preempts_batch_work_on_a_full_mixed_worker(stack):
         text = []
         body = {"model": MODEL, "prompt": "a quick question", "max_tokens": INTERACTIVE_TOKENS, "ignore_eos": True,
                 "stream": True}
+        # Watch the batch lane while the interactive request runs: the yielded batch request waits there
+        # meanwhile. (Sampling it once, at the client's first token, raced with the interactive request
+        # finishing in well under a second and the batch request being taken again.)
         requeued: dict[str, float] = {}
-        with http.stream("POST", "/v1/completions", json=body, headers={"X-Sluice-SLO": "interactive"}) as response:
-            assert response.status_code == 200
-            interactive_id = response.headers["X-Sluice-Request-Id"]
-            for line in response.iter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                assert "error" not in chunk, chunk
-                if chunk["choices"][0]["text"]:
-                    if first_token_s is None:
-                        first_token_s = time.monotonic() - sent_at
-                        # The yielded batch request waits in its lane meanwhile (the worker is full again).
-                        requeued = queued_batch_messages(stack)
-                    text.append(chunk["choices"][0]["text"])
-        print(f"interactive TTFT behind a full mixed worker: {first_token_s:.3f}s")
-        assert first_token_s is not None and first_token_s < CONTROL_PERIOD_S, first_token_s
+        streaming = threading.Event()
+
+        def watch_batch_lane():
+            while streaming.is_set():
+                requeued.update(queued_batch_messages(stack))
+                time.sleep(0.02)
+
+        streaming.set()
+        watcher = threading.Thread(target=watch_batch_lane)
+        watcher.start()
+        try:
+            with http.stream("POST", "/v1/completions", json=body, headers={"X-Sluice-SLO": "interactive"}) as response:
+                assert response.status_code == 200
+                interactive_id = response.headers["X-Sluice-Request-Id"]
+                for line in response.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    assert "error" not in chunk, chunk
+                    if chunk["choices"][0]["text"]:
+                        if first_token_s is None:
+                            first_token_s = time.monotonic() - sent_at
+                        text.append(chunk["choices"][0]["text"])
+        finally:
+            streaming.clear()
+            watcher.join()
+        assert first_token_s is not None and text
+        interactive_done = [e for e in events(stack, interactive_id) if e["type"] == "done"]
+        assert len(interactive_done) == 1 and interactive_done[0]["output_tokens"] == INTERACTIVE_TOKENS
+        # Time to first token as the worker measured it (enqueue -> first token on the engine): what preemption
+        # decides. The client's own clock adds the API's delivery, which a loaded 2-core host can delay by seconds.
+        engine_ttft_s = interactive_done[0]["ttft_s"]
+        print(f"interactive TTFT behind a full mixed worker: {engine_ttft_s:.3f}s (client saw {first_token_s:.3f}s)")
+        assert engine_ttft_s < CONTROL_PERIOD_S, (engine_ttft_s, first_token_s)
 
         for thread in threads:
             thread.join(600)
@@ -118,8 +139,6 @@ def test_interactive_arrival_preempts_batch_work_on_a_full_mixed_worker(stack):
         assert [e["attempt"] for e in preempted_events if e["type"] == "start"] == [1, 2]
         assert [e["attempt"] for e in preempted_events if e["type"] == "preempted"] == [1]
         assert [e["attempt"] for e in preempted_events if e["type"] == "done"] == [2]
-        interactive_done = [e for e in events(stack, interactive_id) if e["type"] == "done"]
-        assert len(interactive_done) == 1 and interactive_done[0]["output_tokens"] == INTERACTIVE_TOKENS
         assert interactive_done[0]["finished_at"] < started[preempted_id]  # re-run only after it
 
         # Everything answered exactly once.
