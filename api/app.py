@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import time
@@ -132,6 +133,7 @@ def create_api(settings: Settings) -> FastAPI:
         if settings.predicts_lengths:
             await attach_predictor(sluice)
         state["sluice"] = sluice
+        gc.freeze()  # start-up objects (the predictor's model among them) out of full collections' reach
         background = [asyncio.create_task(sluice.sweep_dead_workers()), asyncio.create_task(sluice.events.run())]
         yield
         for task in background:

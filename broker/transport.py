@@ -13,7 +13,11 @@ event loop integration Celery uses) is kombu's.  What changes:
   non-empty lane;
 * each unacked message records which worker holds it, so that the messages of
   a worker whose heartbeat stopped can be redelivered at once
-  (:mod:`broker.redelivery`) rather than after kombu's visibility timeout.
+  (:mod:`broker.redelivery`) rather than after kombu's visibility timeout;
+* optional *headroom*: a worker full to its prefetch limit may still take
+  ``headroom`` more messages from its headroom lanes (the interactive lane of a
+  preempting mixed worker), so an interactive request is received the moment it
+  arrives, not after a batch request has given its slot back.
 """
 
 from __future__ import annotations
@@ -48,6 +52,19 @@ def lane_order(active_queues, lane_priority) -> list[str]:
 
 
 class QoS(kombu_redis.QoS):
+    def held(self) -> int:
+        """Messages delivered to this consumer and not yet acknowledged."""
+        return len(self._delivered) - len(self._dirty)
+
+    def full(self) -> bool:
+        """At the prefetch limit: from here on only headroom lanes are consumed."""
+        return bool(self.prefetch_count) and self.held() >= self.prefetch_count
+
+    def can_consume(self):
+        if not self.prefetch_count:
+            return True
+        return self.held() < self.prefetch_count + self.channel.usable_headroom()
+
     def append(self, message, delivery_tag):
         delivery = message.delivery_info
         with self.pipe_or_acquire() as pipe:
@@ -75,9 +92,23 @@ class Channel(kombu_redis.Channel):
     unacked_mutex_key = keys.UNACKED_MUTEX
     lane_priority: tuple[str, ...] = ("interactive", "batch")
     worker_id: str | None = None
+    # Lanes a full consumer still takes from, and how many messages beyond its prefetch limit.
+    headroom_lanes: tuple[str, ...] = ()
+    headroom: int = 0
     _shared_client = None
 
-    from_transport_options = kombu_redis.Channel.from_transport_options + ("lane_priority", "worker_id")
+    from_transport_options = kombu_redis.Channel.from_transport_options + (
+        "lane_priority", "worker_id", "headroom_lanes", "headroom")
+
+    def usable_headroom(self) -> int:
+        return self.headroom if any(lane in self.active_queues for lane in self.headroom_lanes) else 0
+
+    def consumable_lanes(self) -> list[str]:
+        """The lanes to pop from now, in priority order: only headroom lanes while the consumer is full."""
+        lanes = lane_order(self.active_queues, self.lane_priority)
+        if self.qos.full():
+            lanes = [lane for lane in lanes if lane in self.headroom_lanes]
+        return lanes
 
     @contextlib.contextmanager
     def conn_or_acquire(self, client=None):
@@ -100,6 +131,8 @@ class Channel(kombu_redis.Channel):
             client.zadd(keys.lane_key(queue), {dumps(message): score})
 
     def _get(self, queue):
+        if queue not in self.consumable_lanes():
+            raise virtual.Empty()
         with self.conn_or_acquire() as client:
             popped = client.zpopmin(keys.lane_key(queue), 1)
         if not popped:
@@ -120,7 +153,9 @@ class Channel(kombu_redis.Channel):
     def _brpop_start(self, timeout=None):
         if timeout is None:
             timeout = self.brpop_timeout
-        queues = lane_order(self.active_queues, self.lane_priority)
+        # A full consumer with headroom waits on its headroom lanes alone; a slot that frees
+        # meanwhile widens the next BZPOPMIN again (within one brpop timeout).
+        queues = self.consumable_lanes()
         if not queues:
             return
         command = ["BZPOPMIN", *[keys.lane_key(queue) for queue in queues], timeout or 0]

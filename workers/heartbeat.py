@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import redis
 
@@ -11,6 +12,7 @@ from broker import keys
 from broker.redelivery import redeliver_from_dead_workers
 
 log = logging.getLogger(__name__)
+LATE_WARNING_S = 1.0
 
 
 class Heartbeat:
@@ -32,7 +34,15 @@ class Heartbeat:
             pipe.execute()
 
     def _run(self) -> None:
+        last = time.monotonic()
         while not self._stop.wait(self.interval_s):
+            now = time.monotonic()
+            if now - last > self.interval_s + LATE_WARNING_S:
+                # A late beat explains a later "declared dead while alive"; the usual cause is a
+                # starved host (CPU) or a thread holding the GIL.
+                log.warning("heartbeat %.1fs late (TTL %.1fs): this process was not scheduled",
+                            now - last - self.interval_s, self.ttl_ms / 1000)
+            last = now
             try:
                 self.beat()
                 redeliver_from_dead_workers(self.client)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -28,12 +29,23 @@ def run_worker(settings: Settings) -> None:
     settings.require_redis_url()
     worker_id = settings.worker_id or default_worker_id()
     app = create_app(settings)
-    # The unacked messages of this worker are tagged with its id, so its death frees them at once.
-    app.conf.broker_transport_options = {**app.conf.broker_transport_options, "worker_id": worker_id}
+    runtime = EngineRuntime(settings, worker_id)
+    transport_options = {
+        # The unacked messages of this worker are tagged with its id, so its death frees them at once.
+        "worker_id": worker_id,
+        # A preempting worker receives an interactive request even when full (one slot of headroom
+        # on the interactive lane); a batch request then yields its place (workers.preemption).
+        # Continuous batching only: in the other modes a request joins no batch already running.
+        **({"headroom_lanes": ("interactive",), "headroom": 1}
+           if runtime.preempts() and settings.batching_mode == "continuous" else {}),
+    }
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options, **transport_options}
     app.steps["consumer"].add(AdmissionLimit)
 
-    runtime = EngineRuntime(settings, worker_id)
     runtime.start()
+    # Everything loaded so far (torch, vLLM, the model config) lives as long as the process: out of
+    # the garbage collector's full passes, which would otherwise walk it all, stalling the process.
+    gc.freeze()
     tasks.bind_runtime(runtime)
     heartbeat = Heartbeat(sync_client(settings.redis_url), runtime,
                           settings.heartbeat_interval_s, settings.heartbeat_ttl_s)

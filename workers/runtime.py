@@ -10,12 +10,15 @@ which the local autoscaler moves at run time (:mod:`workers.control`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass
+
+import redis
 
 from broker import deadlines, keys
 from broker.messages import GenerationRequest
@@ -79,6 +82,10 @@ class EngineRuntime:
         # (they still hold a Celery slot), and how many batch requests yielded so far.
         self._running: dict[str, _Attempt] = {}
         self._yielding: dict[str, str] = {}  # request id -> lane; guarded by inflight_lock
+        # Interactive requests taken through the headroom slot of a full worker, each owed one batch
+        # request's place (guarded by inflight_lock); and the attempt each request id is running here.
+        self._displacements_owed = 0
+        self._serving: dict[str, asyncio.Future] = {}
         self.preempted_batch_requests = 0
         self._preemption_watch = None
         self.consumer = None
@@ -166,6 +173,17 @@ class EngineRuntime:
         ``redelivered_at``: when a dead worker's copy of this message went back to its lane, if it did."""
         request = GenerationRequest.model_validate(payload)
         state_key = keys.request_key(request.request_id)
+        running_here = self._serving.get(request.request_id)
+        if running_here is not None:
+            # Redelivered while this worker still runs it: its heartbeat was late, not gone.  Running
+            # it twice would waste a slot on work already under way; instead this delivery waits for
+            # the running attempt, so its message is acknowledged when the work is really done.
+            log.warning("request %s is already running on this worker: its redelivery was spurious "
+                        "(a late heartbeat); waiting for the running attempt instead of starting another",
+                        request.request_id)
+            with contextlib.suppress(Exception):
+                running_here.result()
+            return None
         if self.redis.hget(state_key, "status") == b"done":
             # Redelivered after its worker finished it but died before the ack: answer once only.
             log.warning("request %s already done; dropping duplicate delivery", request.request_id)
@@ -180,13 +198,23 @@ class EngineRuntime:
             log.info("request %s: attempt %d, redelivered %.2f s ago after its worker died", request.request_id,
                      attempt, started_at - redelivered_at)
         with self.inflight_lock:
+            occupied = self.inflight - len(self._yielding)
+            over_limit = request.slo == "interactive" and occupied >= self.admission_limit and self.preempts()
+            if over_limit:
+                self._displacements_owed += 1
             self.inflight += 1
             self.inflight_by_lane[request.slo] += 1
         try:
             future = asyncio.run_coroutine_threadsafe(self._serve(request, attempt, started_at, redelivered_at),
                                                       self._loop)
+            self._serving[request.request_id] = future
+            if over_limit:
+                # It came in through the headroom slot: a batch request gives its place back now,
+                # not at the next periodic check.
+                self._loop.call_soon_threadsafe(self._preempt_soon)
             record = future.result()
         finally:
+            self._serving.pop(request.request_id, None)
             with self.inflight_lock:
                 self.inflight -= 1
                 self.inflight_by_lane[request.slo] -= 1
@@ -230,18 +258,32 @@ class EngineRuntime:
         if self.settings.keep_prompt_text and request.prompt_text is not None:
             completion["prompt_text"] = request.prompt_text
         events_key = keys.request_events_key(request.request_id)
-        # One transaction: a request is marked done exactly when its answer is published.
+        # One transaction: a request is marked done exactly when its answer is published, and only
+        # by its newest attempt (WATCH): a worker that was declared dead while alive finishes its
+        # stale attempt without answering twice or logging the completion twice.
         async with self._aioredis.pipeline(transaction=True) as pipe:
-            # The answer stays with the request state (24 h) for clients that poll instead of waiting.
-            pipe.hset(state_key, mapping={"status": "done", "finished_at": record["finished_at"],
-                                          "result": json.dumps({**record, "text": text})})
-            pipe.xadd(events_key, {"event": json.dumps({"type": "done", **record})})
-            pipe.expire(events_key, EVENTS_TTL_S)
-            pipe.lpush(keys.COMPLETIONS, json.dumps(completion))
-            pipe.ltrim(keys.COMPLETIONS, 0, COMPLETIONS_KEPT - 1)
-            deadlines.track(pipe, request, -1)
-            await pipe.execute()
-        return record
+            while True:
+                try:
+                    await pipe.watch(state_key)
+                    newest = int(await pipe.hget(state_key, "attempt") or 0)
+                    if newest != attempt:
+                        log.warning("request %s: attempt %d finished after attempt %d had started elsewhere "
+                                    "(this worker was presumed dead); the newest attempt answers",
+                                    request.request_id, attempt, newest)
+                        return {**record, "superseded_by_attempt": newest}
+                    pipe.multi()
+                    # The answer stays with the request state (24 h) for clients that poll instead of waiting.
+                    pipe.hset(state_key, mapping={"status": "done", "finished_at": record["finished_at"],
+                                                  "result": json.dumps({**record, "text": text})})
+                    pipe.xadd(events_key, {"event": json.dumps({"type": "done", **record})})
+                    pipe.expire(events_key, EVENTS_TTL_S)
+                    pipe.lpush(keys.COMPLETIONS, json.dumps(completion))
+                    pipe.ltrim(keys.COMPLETIONS, 0, COMPLETIONS_KEPT - 1)
+                    deadlines.track(pipe, request, -1)
+                    await pipe.execute()
+                    return record
+                except redis.WatchError:
+                    continue  # the state changed under us (a new attempt started): look again
 
     # --- preemption ------------------------------------------------------------
     def preempts(self) -> bool:
@@ -258,31 +300,39 @@ class EngineRuntime:
             except Exception:  # a Redis hiccup must not end the watch
                 log.exception("preemption check failed")
 
-    async def _preempt_for_interactive(self) -> list[str]:
+    def _preempt_soon(self) -> None:
+        task = self._loop.create_task(self._preempt_for_interactive(look_at_lane=False))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception() is None
+                               or log.error("preemption failed", exc_info=t.exception()))
+
+    async def _preempt_for_interactive(self, look_at_lane: bool = True) -> list[str]:
         for yielding in self._running.values():
             if yielding.preempted is not None and not yielding.task.done():
                 yielding.task.cancel()  # again: a cancellation can be swallowed (see _PreemptibleEngine)
         candidates = [a.info for a in self._running.values()
                       if a.admitted and a.preempted is None and a.info.slo == "batch"]
-        if not candidates:
-            return []
         with self.inflight_lock:
             # Requests already yielding still hold their slot until their message is requeued: not again.
             inflight = dict(self.inflight_by_lane)
             for lane in self._yielding.values():
                 inflight[lane] -= 1
-        if sum(inflight.values()) < self.admission_limit:
+            # Owed places are settled by this decision, or forgiven when no batch request can give one.
+            owed, self._displacements_owed = self._displacements_owed, 0
+        if not candidates:
+            return []
+        if owed == 0 and sum(inflight.values()) < self.admission_limit:
             return []  # not full: no Redis round trip
-        queued = await self._aioredis.zcard(keys.lane_key("interactive"))
+        queued = await self._aioredis.zcard(keys.lane_key("interactive")) if look_at_lane else 0
         victims = batch_requests_to_preempt(self.settings.worker_pool, self.admission_limit, inflight, queued,
-                                            candidates, max_attempts=self.settings.preemption_max_attempts)
+                                            candidates, interactive_over_limit=owed,
+                                            max_attempts=self.settings.preemption_max_attempts)
         preempted = []
         for request_id in victims:
             current = self._running.get(request_id)
             if current is None or current.preempted is not None or current.task.done():
                 continue  # finished meanwhile
-            reason = (f"{queued} interactive request(s) queued and the worker is full "
-                      f"({sum(inflight.values())}/{self.admission_limit} in flight)")
+            reason = (f"{owed} interactive request(s) taken over the limit and {queued} queued, "
+                      f"the worker is full ({sum(inflight.values())}/{self.admission_limit} in flight)")
             current.preempted = reason
             with self.inflight_lock:
                 self._yielding[request_id] = current.info.slo

@@ -6,7 +6,7 @@ import os
 import time
 
 import redis
-from celery import shared_task
+from celery import bootsteps, shared_task
 
 from sluice.config import Settings
 from workers.celery_app import create_app
@@ -17,6 +17,19 @@ app.conf.imports = []
 worker_id = os.environ.get("TEST_WORKER_ID")
 if worker_id:
     app.conf.broker_transport_options = {**app.conf.broker_transport_options, "worker_id": worker_id}
+if os.environ.get("TEST_HEADROOM"):
+    # As a preempting mixed worker: one slot of headroom on the interactive lane beyond a prefetch of 1.
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options,
+                                         "headroom_lanes": ("interactive",), "headroom": 1}
+
+    class PrefetchOne(bootsteps.StartStopStep):
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
+        def start(self, consumer):
+            consumer.qos.value = 1
+            consumer.qos.update()
+
+    app.steps["consumer"].add(PrefetchOne)
 
 
 @shared_task(name="tests.record", acks_late=True)

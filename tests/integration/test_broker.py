@@ -21,13 +21,16 @@ from workers.celery_app import create_app
 pytestmark = pytest.mark.integration
 
 
-def start_celery_worker(redis_url: str, log_path, worker_id: str | None = None) -> subprocess.Popen:
+def start_celery_worker(redis_url: str, log_path, worker_id: str | None = None, headroom: bool = False,
+                        ) -> subprocess.Popen:
     env = {**os.environ, "SLUICE_REDIS_URL": redis_url}
     if worker_id:
         env["TEST_WORKER_ID"] = worker_id
+    if headroom:
+        env["TEST_HEADROOM"] = "1"
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "tests.integration.broker_app", "worker", "--pool", "threads",
-         "--concurrency", "1", "--prefetch-multiplier", "1", "--queues", "interactive,batch",
+         "--concurrency", "2" if headroom else "1", "--prefetch-multiplier", "1", "--queues", "interactive,batch",
          "--without-mingle", "--without-gossip", "--loglevel", "INFO", "--hostname", worker_id or "order@test"],
         cwd=ROOT, env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -64,6 +67,33 @@ def test_worker_serves_interactive_first_then_lowest_score(any_redis_url, tmp_pa
             publish(app, name, lane, score)
         wait_until(lambda: len(order(client)) == 7, 30, "all tasks to run")
         assert order(client) == ["blocker", "int-2", "int-9", "batch-0", "batch-1", "batch-3", "batch-5"]
+    finally:
+        worker.terminate()
+        worker.wait(20)
+
+
+def finished(client) -> list[str]:
+    return [item.decode() for item in client.lrange("test:finished", 0, -1)]
+
+
+def test_a_full_worker_with_headroom_takes_interactive_work_but_no_more_batch_work(any_redis_url, tmp_path):
+    """Prefetch 1 plus one slot of interactive headroom: the interactive request starts beside the running
+    batch request; the queued batch request waits for a slot, although it has the lower score."""
+    app = create_app(Settings(redis_url=any_redis_url))
+    client = redis.Redis.from_url(any_redis_url)
+    worker = start_celery_worker(any_redis_url, tmp_path / "worker.log", headroom=True)
+    try:
+        publish(app, "batch-blocker", "batch", 5.0, sleep_s=4.0)
+        wait_until(lambda: order(client) == ["batch-blocker"], 30, "the blocker to start")
+        publish(app, "batch-next", "batch", 0.0)
+        publish(app, "interactive", "interactive", 9.0)
+        wait_until(lambda: order(client) == ["batch-blocker", "interactive"], 30, "the interactive request to start")
+        assert "batch-blocker" not in finished(client)  # it started beside the running blocker
+        assert client.zcard(keys.lane_key("batch")) == 1
+        wait_until(lambda: len(order(client)) == 3, 30, "the queued batch request to run")
+        assert finished(client)[0] == "interactive"
+        assert order(client)[2] == "batch-next"
+        assert "batch-blocker" in finished(client)  # batch-next waited for the blocker's slot
     finally:
         worker.terminate()
         worker.wait(20)

@@ -15,6 +15,7 @@ import pytest
 
 from api.enqueue import Enqueuer
 from broker import keys
+from broker.redelivery import restore_unacked
 from broker.messages import GenerationRequest, SamplingOptions
 from tests.conftest import wait_until
 from tests.integration.conftest import wait_for_idle
@@ -180,3 +181,32 @@ def test_killed_worker_requests_redelivered_and_streams_fail_clearly(stack):
         for lane in ("interactive", "batch"):
             app.control.add_consumer(lane, destination=["main@test"], reply=True, timeout=5)
         victim.stop()
+
+
+def test_a_spurious_redelivery_to_a_live_worker_runs_the_request_once(stack, http):
+    """A worker whose heartbeat was late (not gone) gets its own running request back: it runs it once."""
+    wait_for_idle(stack)
+    stack.redis.delete(keys.COMPLETIONS)
+    reply: dict[str, httpx.Response] = {}
+    thread = threading.Thread(target=lambda: reply.update(response=http.post(
+        "/v1/completions", headers={"X-Sluice-SLO": "batch"},
+        json={"model": MODEL, "prompt": "spurious", "max_tokens": LONG, "ignore_eos": True})))
+    thread.start()
+    try:
+        [tag] = wait_until(lambda: stack.redis.hkeys(keys.UNACKED_OWNER), 60, "the request running", interval=0.05)
+        request_id = json.loads(stack.redis.hget(keys.UNACKED, tag))[0]["headers"]["id"]
+        wait_until(lambda: stack.redis.hget(keys.request_key(request_id), "status") == b"running", 30, "it to start",
+                   interval=0.05)
+        # What a sweeper does when the heartbeat lapses, while the worker in fact still runs the request.
+        assert restore_unacked(stack.redis, tag.decode())
+    finally:
+        thread.join(300)
+    response = reply["response"]
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == LONG
+    assert response.json()["sluice"]["attempt"] == 1
+    assert stack.redis.hget(keys.request_key(request_id), "attempt") == b"1"
+    assert len(done_events(stack, request_id)) == 1
+    assert [r["request_id"] for r in completions(stack)] == [request_id]
+    wait_for_idle(stack)  # the duplicate delivery was acknowledged too: nothing left queued or unacked
+    assert "redelivery was spurious" in (stack.log_dir / "main.log").read_text()

@@ -51,6 +51,19 @@ def test_only_mixed_workers_preempt(pool):
     assert batch_requests_to_preempt(pool, 3, FULL, 2, FULL_OF_BATCH) == []
 
 
+def test_an_interactive_request_taken_over_the_limit_displaces_one_batch_request():
+    over = {"interactive": 1, "batch": 3}  # the headroom slot in use
+    assert batch_requests_to_preempt("mixed", 3, over, 0, FULL_OF_BATCH, interactive_over_limit=1) == ["b-new"]
+    # ... plus one for each interactive request still queued in the lane
+    assert batch_requests_to_preempt("mixed", 3, over, 1, FULL_OF_BATCH, interactive_over_limit=1) == [
+        "b-new", "b-mid"]
+
+
+def test_a_lowered_limit_alone_preempts_nothing():
+    """Requests above a limit the local autoscaler just lowered drain; they are not aborted."""
+    assert batch_requests_to_preempt("mixed", 1, FULL, 0, FULL_OF_BATCH) == []
+
+
 def test_a_request_on_its_last_allowed_attempt_is_left_alone():
     work = running(("b-old", "batch", 10.0, 1), ("b-again", "batch", 30.0, 4))
     assert batch_requests_to_preempt("mixed", 2, {"batch": 2}, 2, work, max_attempts=4) == ["b-old"]
