@@ -169,14 +169,15 @@ def test_killed_worker_requests_redelivered_and_streams_fail_clearly(stack):
         assert len(second_starts) == PLAIN + 1
         records = completions(stack)
         assert len(records) == PLAIN + 1 and len({r["request_id"] for r in records}) == PLAIN + 1
-        # Back on the lane within seconds of the heartbeat lapsing: TTL 5 s + one 1 s sweep, with room for a
-        # loaded host. Restarting also needs main@test's own consumer thread, which shares 2 cores with its engine
-        # and the dead worker's leftovers, so its bound allows for CPU contention (still far from the 1 h timeout).
+        # Back on the lane within seconds of the heartbeat lapsing (TTL 5 s + one 1 s sweep), not after the
+        # visibility timeout (6 h). The bounds leave room for this host's stalls: every process here was
+        # seen to pause for up to 8 s at once (heartbeat-late warnings in the logs). Restarting also needs
+        # main@test's own consumer thread, which shares 2 cores with its engine and the dead worker's leftovers.
         redelivered = sorted(r["redelivered_at"] - killed_at for r in records)
         restarted = sorted(r["finished_at"] - r["e2e_s"] + r["queue_wait_s"] - killed_at for r in records)
         timeline = f"seconds after the kill: redelivered {redelivered}, restarted {restarted}"
-        assert all(0 < delay < 15 for delay in redelivered), timeline
-        assert all(delay < 45 for delay in restarted), timeline
+        assert all(0 < delay < 30 for delay in redelivered), timeline
+        assert all(delay < 60 for delay in restarted), timeline
     finally:
         for lane in ("interactive", "batch"):
             app.control.add_consumer(lane, destination=["main@test"], reply=True, timeout=5)

@@ -95,7 +95,7 @@ def test_scale_out_drains_least_loaded_and_close_stops_all(db10, tmp_path):
         count = actuator.current("mixed")
         assert (count.ready, count.starting, count.draining) == (0, 2, 0)
         assert not actuator.scale("mixed", 2).changed  # idempotent while starting
-        wait_until(lambda: actuator.current("mixed").ready == 2, 15, "two ready workers")
+        wait_until(lambda: actuator.current("mixed").ready == 2, 60, "two ready workers")
         assert actuator.current("mixed").starting == 0
         assert not actuator.scale("mixed", 2).changed  # idempotent once ready
         assert actuator.current("batch").provisioned == 0  # pools are separate
@@ -114,7 +114,7 @@ def test_scale_out_drains_least_loaded_and_close_stops_all(db10, tmp_path):
         count = actuator.current("mixed")
         assert (count.ready, count.starting, count.draining) == (1, 0, 1)
         assert not actuator.scale("mixed", 1).changed  # the draining one no longer counts
-        wait_until(lambda: actuator.current("mixed").draining == 0, 10, "the drained worker to exit")
+        wait_until(lambda: actuator.current("mixed").draining == 0, 60, "the drained worker to exit")
         record = next(r for r in actuator.exits if r.worker_id == old)
         assert record.returncode == 0 and record.drained
         assert db10.lrange("fake:drained", 0, -1) == [old.encode()]  # it finished its "drain"
@@ -126,15 +126,15 @@ def test_scale_out_drains_least_loaded_and_close_stops_all(db10, tmp_path):
 
         # A worker that dies on its own is reaped (not drained) and leaves the count; scale replaces it.
         assert actuator.scale("batch", 1).started == (f"sluice-batch-0@{HOST}",)
-        wait_until(lambda: actuator.current("batch").ready == 1, 15, "the batch worker")
+        wait_until(lambda: actuator.current("batch").ready == 1, 60, "the batch worker")
         db10.set(f"fake:crash:sluice-batch-0@{HOST}", 1)
-        wait_until(lambda: actuator.current("batch").provisioned == 0, 10, "the crashed worker to be reaped")
+        wait_until(lambda: actuator.current("batch").provisioned == 0, 60, "the crashed worker to be reaped")
         crash = next(r for r in actuator.exits if r.worker_id == f"sluice-batch-0@{HOST}")
         assert crash.returncode == 3 and not crash.drained
         assert actuator.scale("batch", 1).started == (f"sluice-batch-1@{HOST}",)
         # (ready first: a worker signalled before it installed its handlers dies of SIGTERM, which is
         # harmless while starting -- it holds no requests -- but is not the clean exit checked below)
-        wait_until(lambda: actuator.current("batch").ready == 1, 15, "the replacement batch worker")
+        wait_until(lambda: actuator.current("batch").ready == 1, 60, "the replacement batch worker")
     finally:
         actuator.close()
 
@@ -153,9 +153,9 @@ def test_max_starting_caps_a_scale_out_and_the_next_call_continues(db10, tmp_pat
         result = actuator.scale("interactive", 2)
         assert len(result.started) == 1 and result.pending == 1
         assert len(actuator.scale("interactive", 2).started) == 0  # still one starting
-        wait_until(lambda: actuator.current("interactive").ready == 1, 15, "the first worker")
+        wait_until(lambda: actuator.current("interactive").ready == 1, 60, "the first worker")
         assert len(actuator.scale("interactive", 2).started) == 1
-        wait_until(lambda: actuator.current("interactive").ready == 2, 15, "the second worker")
+        wait_until(lambda: actuator.current("interactive").ready == 2, 60, "the second worker")
     finally:
         actuator.close()
     assert all(r.returncode == 0 for r in actuator.exits) and len(actuator.exits) == 2

@@ -70,7 +70,7 @@ def test_interactive_arrival_preempts_batch_work_on_a_full_mixed_worker(stack):
         batch_ids = wait_until(lambda: (ids := running_batch_requests(stack)) and len(ids) == 2 and ids,
                                60, "both batch requests running", interval=0.01)
         wait_until(lambda: all(stack.redis.xlen(keys.request_events_key(rid)) >= 3 for rid in batch_ids),
-                   10, "tokens from both batch requests", interval=0.01)  # start + deltas
+                   30, "tokens from both batch requests", interval=0.01)  # start + deltas
         preempted_before = int(stack.redis.hget(keys.worker_key(WORKER), "preempted_batch_requests") or 0)
 
         sent_at = time.monotonic()
@@ -147,7 +147,7 @@ def test_interactive_arrival_preempts_batch_work_on_a_full_mixed_worker(stack):
         for rid in [*batch_ids, interactive_id]:
             assert len([e for e in events(stack, rid) if e["type"] == "done"]) == 1
         wait_until(lambda: int(stack.redis.hget(keys.worker_key(WORKER), "preempted_batch_requests") or 0)
-                   == preempted_before + 1, 5, "the preemption in the heartbeat")
+                   == preempted_before + 1, 30, "the preemption in the heartbeat")
     finally:
         for thread in threads:
             if thread.ident is not None:
