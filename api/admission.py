@@ -82,4 +82,5 @@ def build_request(body: ChatCompletionRequest | CompletionRequest, *, prompt_tok
         deadline=deadline,
         enqueued_at=now,
         score=now,
+        stream=body.stream,
     )

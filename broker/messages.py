@@ -29,6 +29,8 @@ class GenerationRequest(BaseModel):
     enqueued_at: float
     score: float
     predicted_output_tokens: float | None = None
+    # The client reads tokens as they come; a stream cannot be rewound, so it is never preempted.
+    stream: bool = False
 
     @property
     def prompt_tokens(self) -> int:

@@ -14,10 +14,11 @@ event loop integration Celery uses) is kombu's.  What changes:
 * each unacked message records which worker holds it, so that the messages of
   a worker whose heartbeat stopped can be redelivered at once
   (:mod:`broker.redelivery`) rather than after kombu's visibility timeout;
-* optional *headroom*: a worker full to its prefetch limit may still take
-  ``headroom`` more messages from its headroom lanes (the interactive lane of a
-  preempting mixed worker), so an interactive request is received the moment it
-  arrives, not after a batch request has given its slot back.
+* optional *headroom*: a worker full to its prefetch limit, and holding work
+  from other lanes, may still take ``headroom`` more messages from its headroom
+  lanes (the interactive lane of a preempting mixed worker), so an interactive
+  request is received the moment it arrives, not after a batch request has
+  given its slot back.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from kombu.utils.json import dumps, loads
 from broker import keys
 
 SCORE_HEADER = "sluice_score"
+HEADROOM_POLL_S = 0.25  # a full consumer's wait on its headroom lanes alone, before it looks at all lanes again
 
 
 def message_score(message: dict) -> float:
@@ -101,7 +103,14 @@ class Channel(kombu_redis.Channel):
         "lane_priority", "worker_id", "headroom_lanes", "headroom")
 
     def usable_headroom(self) -> int:
-        return self.headroom if any(lane in self.active_queues for lane in self.headroom_lanes) else 0
+        """Headroom exists to displace other lanes' work: none while this consumer holds only headroom-lane
+        messages (a worker full of interactive requests takes the next one in queue order, not early)."""
+        if not self.headroom or not any(lane in self.active_queues for lane in self.headroom_lanes):
+            return 0
+        dirty = self.qos._dirty
+        held_lanes = {message.delivery_info.get("routing_key") for tag, message in list(self.qos._delivered.items())
+                      if tag not in dirty}
+        return self.headroom if held_lanes - set(self.headroom_lanes) else 0
 
     def consumable_lanes(self) -> list[str]:
         """The lanes to pop from now, in priority order: only headroom lanes while the consumer is full."""
@@ -153,11 +162,13 @@ class Channel(kombu_redis.Channel):
     def _brpop_start(self, timeout=None):
         if timeout is None:
             timeout = self.brpop_timeout
-        # A full consumer with headroom waits on its headroom lanes alone; a slot that frees
-        # meanwhile widens the next BZPOPMIN again (within one brpop timeout).
+        # A full consumer with headroom waits on its headroom lanes alone, briefly: a slot that frees
+        # meanwhile widens the next BZPOPMIN to every lane, and the wait bounds how long it stays idle.
         queues = self.consumable_lanes()
         if not queues:
             return
+        if self.qos.full():
+            timeout = min(timeout or HEADROOM_POLL_S, HEADROOM_POLL_S)
         command = ["BZPOPMIN", *[keys.lane_key(queue) for queue in queues], timeout or 0]
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()

@@ -83,9 +83,8 @@ class Settings(BaseSettings):
     max_model_len: int = 2048
     engine_threads: int = Field(1, description="CPU threads for the vLLM CPU engine (OMP).")
     preemption: bool = Field(
-        False, description="A full mixed worker aborts and requeues (at their score) batch requests for queued "
-        "interactive ones. Off by default until the API can keep streaming requests out of it (a restarted "
-        "stream ends in a worker_lost error).")
+        True, description="A full mixed worker aborts and requeues (at their score) non-streamed batch requests "
+        "for interactive ones.")
     preemption_check_interval_s: float = Field(0.1, description="How often a mixed worker checks for interactive arrivals.")
     preemption_max_attempts: int = Field(
         4, description="A batch request on this attempt or later is not preempted again (no starvation).")

@@ -47,6 +47,7 @@ class RunningRequest:
     slo: str
     started_at: float  # when this attempt started on the worker
     attempt: int = 1  # delivery attempts so far, this one included
+    preemptible: bool = True  # False for a streamed request: tokens a client has seen cannot be taken back
 
 
 def batch_requests_to_preempt(pool: str, admission_limit: int, inflight_by_lane: dict[str, int],
@@ -58,9 +59,10 @@ def batch_requests_to_preempt(pool: str, admission_limit: int, inflight_by_lane:
     request it took over its limit (``interactive_over_limit``, through the
     headroom slot), and, while it is full, one for each interactive request
     queued in the lane — at most every batch request running.  Newest first
-    loses the least work.  A request already on its ``max_attempts``-th attempt
-    is not preempted again, so a steady interactive stream cannot starve one
-    batch request forever.
+    loses the least work.  A streamed request is never preempted (its client
+    has tokens that a re-run cannot take back), and a request already on its
+    ``max_attempts``-th attempt is not preempted again, so a steady interactive
+    stream cannot starve one batch request forever.
     """
     if pool != "mixed":
         return []
@@ -68,6 +70,6 @@ def batch_requests_to_preempt(pool: str, admission_limit: int, inflight_by_lane:
     wanted = max(0, interactive_over_limit) + (max(0, interactive_queued) if full else 0)
     if wanted == 0:
         return []  # nothing waits, or a slot is free and the interactive request gets it
-    candidates = [r for r in running if r.slo == "batch" and r.attempt < max_attempts]
+    candidates = [r for r in running if r.slo == "batch" and r.preemptible and r.attempt < max_attempts]
     candidates.sort(key=lambda r: (r.started_at, r.request_id), reverse=True)
     return [r.request_id for r in candidates[:wanted]]

@@ -224,7 +224,8 @@ class EngineRuntime:
     async def _serve(self, request: GenerationRequest, attempt: int, started_at: float,
                      redelivered_at: float | None = None) -> dict:
         state_key = keys.request_key(request.request_id)
-        current = _Attempt(RunningRequest(request.request_id, request.slo, started_at, attempt), asyncio.current_task())
+        current = _Attempt(RunningRequest(request.request_id, request.slo, started_at, attempt,
+                                          preemptible=not request.stream), asyncio.current_task())
         self._running[request.request_id] = current
         try:
             try:

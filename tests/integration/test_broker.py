@@ -99,6 +99,23 @@ def test_a_full_worker_with_headroom_takes_interactive_work_but_no_more_batch_wo
         worker.wait(20)
 
 
+def test_a_worker_full_of_interactive_work_has_no_headroom(any_redis_url, tmp_path):
+    """Headroom exists to displace batch work: holding only interactive work, the worker takes the next
+    interactive request when a slot frees, in queue order, not early."""
+    app = create_app(Settings(redis_url=any_redis_url))
+    client = redis.Redis.from_url(any_redis_url)
+    worker = start_celery_worker(any_redis_url, tmp_path / "worker.log", headroom=True)
+    try:
+        publish(app, "interactive-blocker", "interactive", 5.0, sleep_s=3.0)
+        wait_until(lambda: order(client) == ["interactive-blocker"], 30, "the blocker to start")
+        publish(app, "interactive-next", "interactive", 9.0)
+        wait_until(lambda: len(order(client)) == 2, 30, "the next interactive request to run")
+        assert "interactive-blocker" in finished(client)  # it waited for the blocker's slot
+    finally:
+        worker.terminate()
+        worker.wait(20)
+
+
 def test_dead_worker_message_returns_with_original_score(any_redis_url, tmp_path):
     """SIGKILL a worker mid-task: once its heartbeat lapses, the message goes back at its old score."""
     app = create_app(Settings(redis_url=any_redis_url))

@@ -53,7 +53,7 @@ def test_interactive_arrival_preempts_batch_work_on_a_full_mixed_worker(stack):
     threads = [threading.Thread(target=batch, args=(i,)) for i in range(2)]
     worker = None
     try:
-        for lane in LANES:  # park the main worker (preemption off): a mixed worker with it on takes the requests
+        for lane in LANES:  # park the main worker: the preempting worker started below takes the requests
             app.control.cancel_consumer(lane, destination=["main@test"], reply=True, timeout=5)
         worker = stack.start_worker(WORKER, SLUICE_PREEMPTION="true")
         stack.set_batch_size(WORKER, 2)

@@ -26,6 +26,12 @@ def test_defaults_interactive_and_default_max_tokens():
     assert request.enqueued_at == NOW and request.request_id.startswith("cmpl-")
 
 
+def test_a_streamed_request_says_so_in_its_message():
+    """Workers never preempt a streamed request: the flag must travel with it."""
+    assert build(completion(stream=True)).stream is True
+    assert build(completion()).stream is False
+
+
 def test_body_slo_beats_header():
     assert build(completion(sluice={"slo": "batch"}), header_slo="interactive").slo == "batch"
     assert build(completion(), header_slo="Batch").slo == "batch"

@@ -64,6 +64,12 @@ def test_a_lowered_limit_alone_preempts_nothing():
     assert batch_requests_to_preempt("mixed", 1, FULL, 0, FULL_OF_BATCH) == []
 
 
+def test_a_streamed_batch_request_is_never_preempted():
+    work = [RunningRequest("b-plain", "batch", 10.0), RunningRequest("b-streamed", "batch", 30.0, preemptible=False)]
+    assert batch_requests_to_preempt("mixed", 2, {"batch": 2}, 2, work) == ["b-plain"]
+    assert batch_requests_to_preempt("mixed", 2, {"batch": 2}, 1, work[1:]) == []
+
+
 def test_a_request_on_its_last_allowed_attempt_is_left_alone():
     work = running(("b-old", "batch", 10.0, 1), ("b-again", "batch", 30.0, 4))
     assert batch_requests_to_preempt("mixed", 2, {"batch": 2}, 2, work, max_attempts=4) == ["b-old"]
@@ -73,7 +79,7 @@ def test_a_request_on_its_last_allowed_attempt_is_left_alone():
 def test_preemption_settings():
     from sluice.config import Settings
 
-    assert Settings().preemption is False and Settings(preemption=True).preemption is True
+    assert Settings().preemption is True and Settings(preemption=False).preemption is False
     assert Settings().preemption_check_interval_s == pytest.approx(0.1)
 
 
