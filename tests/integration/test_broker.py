@@ -76,44 +76,43 @@ def finished(client) -> list[str]:
     return [item.decode() for item in client.lrange("test:finished", 0, -1)]
 
 
-def test_a_full_worker_with_headroom_takes_interactive_work_but_no_more_batch_work(any_redis_url, tmp_path):
-    """Prefetch 1 plus one slot of interactive headroom: the interactive request starts beside the running
-    batch request; the queued batch request waits for a slot, although it has the lower score."""
-    app = create_app(Settings(redis_url=any_redis_url))
-    client = redis.Redis.from_url(any_redis_url)
+@pytest.fixture
+def headroom_worker(any_redis_url, tmp_path):
+    """A worker with prefetch 1 plus one slot of interactive headroom; yields (app, redis client)."""
     worker = start_celery_worker(any_redis_url, tmp_path / "worker.log", headroom=True)
     try:
-        publish(app, "batch-blocker", "batch", 5.0, sleep_s=4.0)
-        wait_until(lambda: order(client) == ["batch-blocker"], 30, "the blocker to start")
-        publish(app, "batch-next", "batch", 0.0)
-        publish(app, "interactive", "interactive", 9.0)
-        wait_until(lambda: order(client) == ["batch-blocker", "interactive"], 30, "the interactive request to start")
-        assert "batch-blocker" not in finished(client)  # it started beside the running blocker
-        assert client.zcard(keys.lane_key("batch")) == 1
-        wait_until(lambda: len(order(client)) == 3, 30, "the queued batch request to run")
-        assert finished(client)[0] == "interactive"
-        assert order(client)[2] == "batch-next"
-        assert "batch-blocker" in finished(client)  # batch-next waited for the blocker's slot
+        yield create_app(Settings(redis_url=any_redis_url)), redis.Redis.from_url(any_redis_url)
     finally:
         worker.terminate()
         worker.wait(20)
 
 
-def test_a_worker_full_of_interactive_work_has_no_headroom(any_redis_url, tmp_path):
+def test_a_full_worker_with_headroom_takes_interactive_work_but_no_more_batch_work(headroom_worker):
+    """The interactive request starts beside the running batch request; the queued batch request waits
+    for a slot, although it has the lower score."""
+    app, client = headroom_worker
+    publish(app, "batch-blocker", "batch", 5.0, sleep_s=4.0)
+    wait_until(lambda: order(client) == ["batch-blocker"], 30, "the blocker to start")
+    publish(app, "batch-next", "batch", 0.0)
+    publish(app, "interactive", "interactive", 9.0)
+    wait_until(lambda: order(client) == ["batch-blocker", "interactive"], 30, "the interactive request to start")
+    assert "batch-blocker" not in finished(client)  # it started beside the running blocker
+    assert client.zcard(keys.lane_key("batch")) == 1
+    wait_until(lambda: len(order(client)) == 3, 30, "the queued batch request to run")
+    assert finished(client)[0] == "interactive"
+    assert order(client)[2] == "batch-next"
+    assert "batch-blocker" in finished(client)  # batch-next waited for the blocker's slot
+
+
+def test_a_worker_full_of_interactive_work_has_no_headroom(headroom_worker):
     """Headroom exists to displace batch work: holding only interactive work, the worker takes the next
     interactive request when a slot frees, in queue order, not early."""
-    app = create_app(Settings(redis_url=any_redis_url))
-    client = redis.Redis.from_url(any_redis_url)
-    worker = start_celery_worker(any_redis_url, tmp_path / "worker.log", headroom=True)
-    try:
-        publish(app, "interactive-blocker", "interactive", 5.0, sleep_s=3.0)
-        wait_until(lambda: order(client) == ["interactive-blocker"], 30, "the blocker to start")
-        publish(app, "interactive-next", "interactive", 9.0)
-        wait_until(lambda: len(order(client)) == 2, 30, "the next interactive request to run")
-        assert "interactive-blocker" in finished(client)  # it waited for the blocker's slot
-    finally:
-        worker.terminate()
-        worker.wait(20)
+    app, client = headroom_worker
+    publish(app, "interactive-blocker", "interactive", 5.0, sleep_s=3.0)
+    wait_until(lambda: order(client) == ["interactive-blocker"], 30, "the blocker to start")
+    publish(app, "interactive-next", "interactive", 9.0)
+    wait_until(lambda: len(order(client)) == 2, 30, "the next interactive request to run")
+    assert "interactive-blocker" in finished(client)  # it waited for the blocker's slot
 
 
 def test_dead_worker_message_returns_with_original_score(any_redis_url, tmp_path):
