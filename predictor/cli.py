@@ -82,7 +82,12 @@ def predict(prompt_text, served_model, artifact):
 @click.option("--registry", "registry_root", type=click.Path(file_okay=False), default=None,
               help="Registry root (default: SLUICE_PREDICTOR_REGISTRY or <data_dir>/predictor-registry).")
 @click.option("--base-artifact", type=click.Path(exists=True, file_okay=False), default=None)
-def retrain(redis_url, registry_root, base_artifact):
+@click.option("--fine-tune-encoder", is_flag=True,
+              help="Fine-tune the whole model, not only the head (needs prompt text in the log: "
+                   "SLUICE_KEEP_PROMPT_TEXT=true).")
+@click.option("--encoder-epochs", type=int, default=1, show_default=True,
+              help="Epochs over base data plus traffic with --fine-tune-encoder.")
+def retrain(redis_url, registry_root, base_artifact, fine_tune_encoder, encoder_epochs):
     """Re-fit from the feedback log plus base data; publish a new version and move the pointer."""
     import redis
 
@@ -95,7 +100,11 @@ def retrain(redis_url, registry_root, base_artifact):
     if not url:
         raise click.UsageError("no Redis: pass --redis-url or set SLUICE_REDIS_URL")
     client = redis.Redis.from_url(url)
-    meta = retrain_from_feedback(client, base_artifact, registry_root or settings.predictor_registry_dir)
+    try:
+        meta = retrain_from_feedback(client, base_artifact, registry_root or settings.predictor_registry_dir,
+                                     fine_tune_encoder=fine_tune_encoder, encoder_epochs=encoder_epochs)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     click.echo(json.dumps({"version": meta["version"], "retrain": meta["retrain"],
                            "validation": meta["metrics"]["validation"]}))
 

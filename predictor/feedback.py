@@ -73,18 +73,23 @@ def read_feedback(redis_client, key: str = FEEDBACK_KEY) -> list[dict]:
 
 def retrain(redis_client, base_artifact: str | Path | None = None, out_root: str | Path | None = None, *,
             key: str = FEEDBACK_KEY, epochs: int = 30, feedback_weight: float = 1.0,
-            version: str | None = None, make_current: bool = True) -> dict:
-    """Re-fits the head on base AlpacaEval training data plus the feedback log; publishes a new version.
+            version: str | None = None, make_current: bool = True, fine_tune_encoder: bool = False,
+            encoder_epochs: int = 1) -> dict:
+    """Re-fits on base AlpacaEval training data plus the feedback log; publishes a new version.
+
+    By default the encoder stays frozen and only the head is re-fit (~30 s on 2 cores), which uses every
+    entry: prompt text where it was kept, the serving encoder's features otherwise.  With
+    ``fine_tune_encoder`` the whole model continues fine-tuning from the base for ``encoder_epochs``
+    epochs; that needs prompt text (``keep_prompt_text``), and feature-only entries are skipped, since
+    features belong to the encoder being changed.
 
     ``out_root`` is the registry root (default: ``SLUICE_PREDICTOR_REGISTRY`` or var/predictor-registry).
     The base artifact defaults to the registry's current version (or the shipped default).
     Returns the new version's meta.json contents.
     """
-    import torch
-
     from predictor.predictor import LengthPredictor
     from predictor.registry import ModelRegistry
-    from predictor.train import target_matrix, training_loss, TrainConfig, write_artifact, evaluate_on
+    from predictor.train import TrainConfig, evaluate_on, fine_tune, target_matrix, write_artifact
 
     registry = ModelRegistry(out_root)
     base_dir = Path(base_artifact) if base_artifact else registry.current_artifact_dir()
@@ -109,46 +114,23 @@ def retrain(redis_client, base_artifact: str | Path | None = None, out_root: str
         if "prompt_text" in entry:
             text_rows.append(entry["prompt_text"])
             text_y.append(row)
-        elif "embedding" in entry and entry.get("embedding_version") == base.version:
+        elif "embedding" in entry and entry.get("embedding_version") == base.version and not fine_tune_encoder:
             feature_rows.append(decode_embedding(entry["embedding"]))
             feature_y.append(row)
         else:
             skipped += 1
 
-    # Frozen encoder: compute features once, then many cheap epochs over the head.
-    def encode(texts: list[str]) -> torch.Tensor:
-        if not texts:
-            return torch.empty(0, model.head.in_features)
-        with torch.inference_mode():
-            chunks = []
-            for start in range(0, len(texts), 64):
-                batch = tokenizer(texts[start:start + 64], truncation=True, max_length=base.max_length,
-                                  padding=True, return_tensors="pt")
-                chunks.append(model.pooled(batch["input_ids"], batch["attention_mask"]))
-            return torch.cat(chunks)
-
-    features = torch.cat([encode(base_texts), encode(text_rows),
-                          torch.tensor(np.array(feature_rows)).reshape(-1, model.head.in_features)])
-    targets = torch.tensor(np.concatenate([base_y, np.array(text_y).reshape(-1, base_y.shape[1]),
-                                           np.array(feature_y).reshape(-1, base_y.shape[1])]))
-    n_base = len(base_texts)
-    sample_weight = torch.ones(len(features))
-    sample_weight[n_base:] = feedback_weight
-
-    cfg = TrainConfig()
-    head = model.head
-    optimizer = torch.optim.AdamW(head.parameters(), lr=5e-4, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        order = torch.randperm(len(features), generator=generator)
-        for start in range(0, len(order), 64):
-            idx = order[start:start + 64]
-            out = model.head_outputs(features[idx])
-            loss = training_loss(out, targets[idx], cfg)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
+    if fine_tune_encoder:
+        if not text_rows:
+            raise ValueError(f"no feedback entry with prompt text among {len(entries)}: fine-tuning the encoder "
+                             "needs SLUICE_KEEP_PROMPT_TEXT=true (re-fit the head alone instead)")
+        repeats = _repeats(feedback_weight)
+        fine_tune(model, tokenizer, base_texts + text_rows * repeats,
+                  np.concatenate([base_y, np.tile(np.array(text_y, dtype=base_y.dtype), (repeats, 1))]),
+                  TrainConfig(epochs=encoder_epochs))
+    else:
+        _refit_head(model, tokenizer, base, base_texts, base_y, text_rows, text_y, feature_rows, feature_y,
+                    epochs=epochs, feedback_weight=feedback_weight)
 
     validation = [prompts[i] for i in validation_ids]
     metrics = evaluate_on(model, tokenizer, validation, lengths, D.DEFAULT_TARGET_MODEL, base.max_length)
@@ -158,7 +140,8 @@ def retrain(redis_client, base_artifact: str | Path | None = None, out_root: str
         "version": version,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "parent_version": base.version,
-        "retrain": {"head_only": True, "epochs": epochs, "feedback_entries": len(entries),
+        "retrain": {"head_only": not fine_tune_encoder,
+                    "epochs": encoder_epochs if fine_tune_encoder else epochs, "feedback_entries": len(entries),
                     "used_text": len(text_rows), "used_features": len(feature_rows), "skipped": skipped},
         "metrics": {"validation": {"target_model": D.DEFAULT_TARGET_MODEL, **metrics}},
     })
@@ -171,3 +154,48 @@ def retrain(redis_client, base_artifact: str | Path | None = None, out_root: str
     registry.publish(registry.version_dir(version), version, make_current=make_current,
                      redis_client=redis_client if make_current else None)
     return meta
+
+
+def _repeats(feedback_weight: float) -> int:
+    """The weight of the traffic against the base data, as repetitions (the losses are means over rows)."""
+    return max(1, round(feedback_weight))
+
+
+def _refit_head(model, tokenizer, base, base_texts, base_y, text_rows, text_y, feature_rows, feature_y, *,
+                epochs: int, feedback_weight: float) -> None:
+    """Frozen encoder: compute features once, then many cheap epochs over the head alone."""
+    import torch
+
+    from predictor.train import TrainConfig, training_loss
+
+    def encode(texts: list[str]) -> torch.Tensor:
+        if not texts:
+            return torch.empty(0, model.head.in_features)
+        with torch.inference_mode():
+            chunks = []
+            for start in range(0, len(texts), 64):
+                batch = tokenizer(texts[start:start + 64], truncation=True, max_length=base.max_length,
+                                  padding=True, return_tensors="pt")
+                chunks.append(model.pooled(batch["input_ids"], batch["attention_mask"]))
+            return torch.cat(chunks)
+
+    width = base_y.shape[1]
+    feedback_features = torch.cat([encode(text_rows),
+                                   torch.tensor(np.array(feature_rows)).reshape(-1, model.head.in_features)])
+    feedback_targets = np.concatenate([np.array(text_y).reshape(-1, width), np.array(feature_y).reshape(-1, width)])
+    repeats = _repeats(feedback_weight)
+    features = torch.cat([encode(base_texts), feedback_features.repeat(repeats, 1)])
+    targets = torch.tensor(np.concatenate([base_y, np.tile(feedback_targets, (repeats, 1))]))
+
+    cfg = TrainConfig()
+    optimizer = torch.optim.AdamW(model.head.parameters(), lr=5e-4, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        order = torch.randperm(len(features), generator=generator)
+        for start in range(0, len(order), 64):
+            idx = order[start:start + 64]
+            loss = training_loss(model.head_outputs(features[idx]), targets[idx], cfg)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()

@@ -186,3 +186,54 @@ def test_feedback_log_is_bounded_and_private_when_asked(redis_db14, predictor):
     newest = read_feedback(client, key)[0]
     assert client.llen(key) == 10 and "prompt_text" not in newest
     assert decode_embedding(newest["embedding"]).shape == (384,) and newest["embedding_version"] == predictor.version
+
+
+def test_retrain_learns_from_traffic_and_publishes_a_version(redis_db14, tmp_path, predictor):
+    """Traffic says some prompts get far longer answers than predicted: a head re-fit, then a whole-model
+    fine-tune on base data plus that log, each publish a new current version that predicts them longer."""
+    from predictor.feedback import record_completion, retrain
+    from predictor.predictor import DEFAULT_ARTIFACT_DIR, LengthPredictor
+    from predictor.registry import CURRENT_VERSION_REDIS_KEY, ModelRegistry
+
+    client, prefix = redis_db14
+    key = prefix + "feedback"
+    traffic = [f"Reply with one word: is {n} even?" for n in range(16)]
+    for text in traffic:
+        record_completion(client, prompt_text=text, served_model=TARGET_MODEL, prompt_tokens=12,
+                          output_tokens=3000, keep_prompt_text=True, key=key)
+    # One entry without text (privacy on): the head re-fit uses its features, the encoder fine-tune cannot.
+    record_completion(client, prompt_text="private", served_model=TARGET_MODEL, prompt_tokens=3,
+                      output_tokens=3000, keep_prompt_text=False, key=key, predictor=predictor)
+    before = sum(predictor.predict(traffic, served_model=TARGET_MODEL))
+    registry = ModelRegistry(tmp_path / "registry")
+    try:
+        head = retrain(client, DEFAULT_ARTIFACT_DIR, registry.root, key=key, feedback_weight=4, version="v-head")
+        assert head["retrain"]["head_only"] and head["parent_version"] == predictor.version
+        assert (head["retrain"]["used_text"], head["retrain"]["used_features"], head["retrain"]["skipped"]) == (16, 1, 0)
+        assert registry.current_version() == "v-head" and client.get(CURRENT_VERSION_REDIS_KEY) == b"v-head"
+        after_head = sum(LengthPredictor.load(registry.version_dir("v-head")).predict(traffic, served_model=TARGET_MODEL))
+
+        full = retrain(client, registry.version_dir("v-head"), registry.root, key=key, version="v-full",
+                       fine_tune_encoder=True, encoder_epochs=1)
+        assert not full["retrain"]["head_only"] and full["parent_version"] == "v-head"
+        assert (full["retrain"]["used_text"], full["retrain"]["used_features"], full["retrain"]["skipped"]) == (16, 0, 1)
+        assert registry.current_version() == "v-full"
+        assert D.prompt_text_hash(traffic[0]) in full["trained_prompt_hashes"]
+        after_full = sum(LengthPredictor.load(registry.version_dir("v-full")).predict(traffic, served_model=TARGET_MODEL))
+    finally:
+        client.delete(CURRENT_VERSION_REDIS_KEY)
+    print(f"mean predicted tokens for the traffic prompts: base {before / 16:.0f}, head re-fit {after_head / 16:.0f}, "
+          f"encoder fine-tune {after_full / 16:.0f} (traffic said 3000)")
+    assert after_head > 1.2 * before and after_full > 1.2 * before
+
+
+def test_encoder_fine_tune_needs_prompt_text(redis_db14, tmp_path, predictor):
+    from predictor.feedback import record_completion, retrain
+    from predictor.predictor import DEFAULT_ARTIFACT_DIR
+
+    client, prefix = redis_db14
+    record_completion(client, prompt_text="private", served_model=TARGET_MODEL, prompt_tokens=3, output_tokens=30,
+                      keep_prompt_text=False, key=prefix + "feedback", predictor=predictor)
+    with pytest.raises(ValueError, match="KEEP_PROMPT_TEXT"):
+        retrain(client, DEFAULT_ARTIFACT_DIR, tmp_path / "registry", key=prefix + "feedback", fine_tune_encoder=True)
+    assert not (tmp_path / "registry" / "versions").exists() or not any((tmp_path / "registry" / "versions").iterdir())
