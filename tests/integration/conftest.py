@@ -12,7 +12,9 @@ import pytest
 import redis
 
 from bench.processes import http_ok
+from api.enqueue import Enqueuer
 from broker import keys
+from broker.messages import GenerationRequest, SamplingOptions
 from sluice.config import Settings
 from tests.conftest import MACHINE_REDIS_URL, Process, free_port, redis_reachable, wait_until
 from workers.celery_app import create_app
@@ -106,3 +108,13 @@ def wait_for_idle(stack: Stack, timeout: float = 120) -> None:
     wait_until(lambda: lane_snapshot(client)["interactive"] == 0 and lane_snapshot(client)["batch"] == 0
                and client.hlen(keys.UNACKED) == 0, timeout, "the queues to drain")
     time.sleep(0.1)
+
+
+def enqueue_direct(enqueuer: Enqueuer, name: str, lane: str, score: float, max_tokens: int, *,
+                   model: str) -> GenerationRequest:
+    """Put a request straight into its lane at a chosen score, without the API."""
+    request = GenerationRequest(
+        request_id=name, model=model, kind="completion", prompt_token_ids=[1, 22557, 1526], slo=lane,
+        sampling=SamplingOptions(max_tokens=max_tokens, ignore_eos=True), enqueued_at=time.time(), score=score)
+    enqueuer.enqueue(request)
+    return request

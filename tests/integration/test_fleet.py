@@ -16,9 +16,8 @@ import pytest
 from api.enqueue import Enqueuer
 from broker import keys
 from broker.redelivery import restore_unacked
-from broker.messages import GenerationRequest, SamplingOptions
 from tests.conftest import wait_until
-from tests.integration.conftest import wait_for_idle
+from tests.integration.conftest import enqueue_direct, wait_for_idle
 
 pytestmark = pytest.mark.integration
 
@@ -74,14 +73,6 @@ def test_200_concurrent_mixed_requests_all_complete_once(stack):
     assert {r["slo"] for r in records} == {"interactive", "batch"}
 
 
-def enqueue_direct(enqueuer: Enqueuer, name: str, lane: str, score: float, max_tokens: int) -> GenerationRequest:
-    request = GenerationRequest(
-        request_id=name, model=MODEL, kind="completion", prompt_token_ids=[1, 22557, 1526], slo=lane,
-        sampling=SamplingOptions(max_tokens=max_tokens, ignore_eos=True), enqueued_at=time.time(), score=score)
-    enqueuer.enqueue(request)
-    return request
-
-
 def test_full_worker_serves_interactive_first_then_lowest_score(stack):
     """Admission limit 1: the queue fills while the worker is parked, then drains in schedule order,
     one request per free slot — interactive first, lowest score first within a lane."""
@@ -96,7 +87,7 @@ def test_full_worker_serves_interactive_first_then_lowest_score(stack):
         queued = [("b-0", "batch", 0), ("b-50", "batch", 50), ("i-30", "interactive", 30), ("b-10", "batch", 10),
                   ("i-20", "interactive", 20), ("b-5", "batch", 5), ("i-40", "interactive", 40)]
         for name, lane, score in queued:
-            enqueue_direct(enqueuer, name, lane, score, max_tokens=3)
+            enqueue_direct(enqueuer, name, lane, score, max_tokens=3, model=MODEL)
         assert stack.redis.zcard(keys.lane_key("interactive")) == 3 and stack.redis.zcard(keys.lane_key("batch")) == 4
     finally:
         for lane in ("interactive", "batch"):
