@@ -10,6 +10,7 @@ which the local autoscaler moves at run time (:mod:`workers.control`).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -85,7 +86,7 @@ class EngineRuntime:
         # Interactive requests taken through the headroom slot of a full worker, each owed one batch
         # request's place (guarded by inflight_lock); and the attempt each request id is running here.
         self._displacements_owed = 0
-        self._serving: dict[str, asyncio.Future] = {}
+        self._serving: dict[str, concurrent.futures.Future] = {}
         self.preempted_batch_requests = 0
         self._preemption_watch = None
         self.consumer = None
