@@ -65,7 +65,9 @@ class QoS(kombu_redis.QoS):
     def can_consume(self):
         if not self.prefetch_count:
             return True
-        return self.held() < self.prefetch_count + self.channel.usable_headroom()
+        held = self.held()
+        # Called on every poll: the headroom (which scans held messages) only matters once full.
+        return held < self.prefetch_count or held < self.prefetch_count + self.channel.usable_headroom()
 
     def append(self, message, delivery_tag):
         delivery = message.delivery_info

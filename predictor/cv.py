@@ -87,10 +87,15 @@ def mix(heads: np.ndarray, own: int, w: float) -> np.ndarray:
     return (1 - w) * heads[:, 1:].mean(1) + w * heads[:, own]
 
 
+def scored_rows(ids, lengths, target) -> tuple[list[int], list[int]]:
+    """Positions in ``ids`` of the prompts the target model answered, and its real lengths for them."""
+    rows = [n for n, i in enumerate(ids) if target in lengths[i]]
+    return rows, [lengths[ids[n]][target] for n in rows]
+
+
 def fold_scores(heads, ids, lengths, model_names, target=D.DEFAULT_TARGET_MODEL) -> dict:
     own = 1 + model_names.index(target)
-    rows = [n for n, i in enumerate(ids) if target in lengths[i]]
-    actual = [lengths[ids[n]][target] for n in rows]
+    rows, actual = scored_rows(ids, lengths, target)
     median = [D.median_log_output_tokens(lengths[ids[n]], exclude_model=target) for n in rows]
     res = {}
     for w in (0.0, 0.2, 0.4, 0.6, 1.0):
@@ -132,8 +137,7 @@ def summarize_similarity(out: Path, name: str, powers=(0, 1, 2, 4, 8, 16)) -> di
         ids = list(runs[0]["ids"])
         heads = np.mean([r["heads"] for r in runs], 0)
         similarity = model_similarity([i for i in train_ids if cv_fold(i, k) != fold], lengths, model_names)
-        rows = [n for n, i in enumerate(ids) if target in lengths[i]]
-        actual = [lengths[ids[n]][target] for n in rows]
+        rows, actual = scored_rows(ids, lengths, target)
         own = heads[rows, 1 + model_names.index(target)]
         for power in powers:
             mixed = similarity_weighted(heads[rows], similarity, power)

@@ -89,6 +89,7 @@ class EngineRuntime:
         self._serving: dict[str, concurrent.futures.Future] = {}
         self.preempted_batch_requests = 0
         self._preemption_watch = None
+        self._over_limit_arrival = asyncio.Event()  # wakes the preemption watch at once
         self.consumer = None
         self.started_at = time.time()
         self.redis = sync_client(settings.require_redis_url())
@@ -212,7 +213,7 @@ class EngineRuntime:
             if over_limit:
                 # It came in through the headroom slot: a batch request gives its place back now,
                 # not at the next periodic check.
-                self._loop.call_soon_threadsafe(self._preempt_soon)
+                self._loop.call_soon_threadsafe(self._over_limit_arrival.set)
             record = future.result()
         finally:
             self._serving.pop(request.request_id, None)
@@ -296,16 +297,18 @@ class EngineRuntime:
         interval = self.settings.preemption_check_interval_s
         log.info("preemption on: checking for interactive arrivals every %.2fs", interval)
         while True:
-            await asyncio.sleep(interval)
             try:
-                await self._preempt_for_interactive()
+                # An interactive request taken over the limit wakes the check at once; it is the one
+                # waiting, so the lane need not be read for that decision.
+                await asyncio.wait_for(self._over_limit_arrival.wait(), interval)
+                arrived = True
+            except asyncio.TimeoutError:
+                arrived = False
+            self._over_limit_arrival.clear()
+            try:
+                await self._preempt_for_interactive(look_at_lane=not arrived)
             except Exception:  # a Redis hiccup must not end the watch
                 log.exception("preemption check failed")
-
-    def _preempt_soon(self) -> None:
-        task = self._loop.create_task(self._preempt_for_interactive(look_at_lane=False))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception() is None
-                               or log.error("preemption failed", exc_info=t.exception()))
 
     async def _preempt_for_interactive(self, look_at_lane: bool = True) -> list[str]:
         for yielding in self._running.values():
