@@ -60,7 +60,10 @@ def preempting_worker(stack):
 
 
 def preempted_so_far(stack) -> int:
-    return int(stack.redis.hget(keys.worker_key(WORKER), "preempted_batch_requests") or 0)
+    """The worker's preemption counter, from its heartbeat. On a stalled host the heartbeat key can lapse
+    for a moment (and is written again by the live worker): a lapse is not a count of 0, so wait it out."""
+    return int(wait_until(lambda: stack.redis.hget(keys.worker_key(WORKER), "preempted_batch_requests"), 30,
+                          "the preempting worker's heartbeat", interval=0.1))
 
 
 def test_interactive_arrival_preempts_batch_work_on_a_full_mixed_worker(stack, preempting_worker):
