@@ -56,6 +56,10 @@ class Stack:
                    interval=0.5, process=process)
         return process
 
+    def process(self, name: str) -> Process:
+        """The started process of that name (a worker is named by the part of its id before the @)."""
+        return next(process for process in self.processes if process.name == name)
+
     def set_batch_size(self, worker_id: str, batch_size: int) -> None:
         reply = self.celery().control.broadcast("sluice_set_batch_size", arguments={"batch_size": batch_size},
                                                 destination=[worker_id], reply=True, timeout=5)
