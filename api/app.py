@@ -292,7 +292,8 @@ async def stream_events(sluice: SluiceAPI, request: GenerationRequest, include_u
         yield _sse(chunk(None, role=True))
     try:
         async for event in follow(sluice.events, request.request_id, timeout_s=sluice.settings.request_timeout_s,
-                                  tokens_sent=lambda: sent["tokens"] > 0):
+                                  tokens_sent=lambda: sent["tokens"] > 0,
+                                  worker_absent_grace_s=sluice.settings.heartbeat_ttl_s):
             if event["type"] == "delta":
                 sent["tokens"] += event["tokens"]
                 yield _sse(chunk(event["text"]))

@@ -92,12 +92,17 @@ class EventHub:
 
 
 async def follow(hub: EventHub, request_id: str, *, timeout_s: float, tokens_sent=lambda: False,
-                 liveness_check_s: float = 1.0) -> AsyncIterator[dict]:
-    """Yield the current attempt's ``start``/``delta`` events, then its ``done`` event."""
+                 liveness_check_s: float = 1.0, worker_absent_grace_s: float = 0.0) -> AsyncIterator[dict]:
+    """Yield the current attempt's ``start``/``delta`` events, then its ``done`` event.
+
+    After tokens were sent, the request is lost when another attempt starts, or when its worker's heartbeat
+    key has stayed absent for ``worker_absent_grace_s``: a host stall longer than the heartbeat TTL lets
+    the key expire under a live worker, which writes it again as soon as it runs."""
     queue = hub.subscribe(request_id)
     await hub.wake()
     attempt = None
     worker = None
+    worker_absent_since = None
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -107,11 +112,18 @@ async def follow(hub: EventHub, request_id: str, *, timeout_s: float, tokens_sen
             try:
                 event = await asyncio.wait_for(queue.get(), min(liveness_check_s, remaining))
             except asyncio.TimeoutError:
-                if worker is not None and tokens_sent() and not await hub.client.exists(keys.worker_key(worker)):
+                if worker is None or not tokens_sent() or await hub.client.exists(keys.worker_key(worker)):
+                    worker_absent_since = None
+                    continue
+                now = time.monotonic()
+                if worker_absent_since is None:
+                    worker_absent_since = now
+                if now - worker_absent_since >= worker_absent_grace_s:
                     raise WorkerLost(
                         f"worker {worker} stopped responding mid-generation; the request will be re-run on another "
                         "worker, but a stream cannot be rewound: retry the request") from None
                 continue
+            worker_absent_since = None
             kind = event["type"]
             if kind == "start":
                 if attempt is not None and event["attempt"] != attempt and tokens_sent():
