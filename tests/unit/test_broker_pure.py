@@ -65,7 +65,8 @@ def test_dynamic_gate_releases_a_partial_batch_after_the_timeout():
         async with gate.admit():
             return loop.time() - t0
 
-    assert 0.04 <= asyncio.run(scenario()) < 1.0
+    # Released after the timeout, not at once and not never (the upper bound only leaves room for a host stall).
+    assert 0.04 <= asyncio.run(scenario()) < 30.0
 
 
 def test_none_mode_is_one_at_a_time():
