@@ -81,6 +81,14 @@ async def drive_load(base_url: str, schedule, max_tokens: int, results: list, st
         await asyncio.gather(*tasks)
 
 
+def mixed_pool_target(cluster: BenchCluster) -> int | None:
+    """The mixed pool's instance count in the scaler's newest decision (holds included)."""
+    for decision in read_decisions(cluster.redis, 50):
+        if decision["kind"] == "instances" and decision["pool"] == "mixed":
+            return decision["to"]
+    return None
+
+
 def sample(cluster: BenchCluster) -> dict:
     workers = {}
     for worker_id in (w.decode() for w in cluster.redis.zrange(keys.WORKERS, 0, -1)):
@@ -114,7 +122,10 @@ def run_scale_bench(*, low_rps: float = 0.5, high_rps: float = 6.0, ramp_s: floa
                     last = timeline[-1]
                     click.echo(f"\r t={last['t'] - started:5.0f}s workers={len(last['workers'])} queued={last['queued']}"
                                f" done={len(results)}   ", nl=False, err=True)
-                if load.done() and len(timeline[-1]["workers"]) <= 1 and time.time() > stop_at[0] + 10:
+                # Done once the scaler is back to one worker: not merely one heartbeat, since a worker it
+                # added may still be starting (minutes on a loaded host), and its scale-in is the point.
+                if (load.done() and len(timeline[-1]["workers"]) <= 1 and time.time() > stop_at[0] + 10
+                        and await asyncio.to_thread(mixed_pool_target, cluster) == 1):
                     break
                 await asyncio.sleep(1)
             await load
