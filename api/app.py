@@ -14,22 +14,25 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 
-from api.admission import SLO_HEADER, build_request
+from api.admission import SLO_HEADER, build_request, true_length, validate_body
 from api.enqueue import Enqueuer
 from api.errors import APIError, bad_request
 from api.events import EventHub, RequestFailed, RequestTimedOut, WorkerLost, follow
+from api.files import files_router
 from api.metrics import Metrics
 from api.prediction import attach_predictor, record_feedback
+from api.responses import completion_object, finish_reason, usage
 from api.schemas import ChatCompletionRequest, CompletionRequest
-from broker import keys
+from broker.decisions import DECISIONS_KEPT, read_decisions
+from broker.files import FileCatalog, Files, LocalFileStore
+from broker.ledger import AsyncLedger
 from broker.messages import GenerationRequest
 from broker.redelivery import redeliver_from_dead_workers
-from broker.scoring import ScoringPolicy
-from sluice.config import Settings
-from sluice.redis_clients import async_client, sync_client
-from workers.celery_app import create_app
+from broker.queue_policies import ScoreInput, make_queue_policy, predicts_lengths
+from core.settings import Settings
+from core.redis_clients import async_client, sync_client
+from broker.celery_app import create_app
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +48,17 @@ class SluiceAPI:
         self.redis = sync_client(settings.require_redis_url())
         self.aioredis = async_client(settings.redis_url)
         self.events = EventHub(self.aioredis)
+        self.ledger = AsyncLedger(self.aioredis)  # reads request state (the transport and workers write it)
+        self.files = Files(LocalFileStore(settings.files_dir), FileCatalog(self.aioredis))
         self.celery = create_app(settings)
-        self.enqueuer = Enqueuer(self.celery, self.redis, settings.lane_admission_limits, settings.retry_after_s,
+        self.enqueuer = Enqueuer(self.celery, self.redis, settings.lane_queue_limits, settings.retry_after_s,
                                  keep_prompt_text=settings.keep_prompt_text)
         self.metrics = Metrics(self.redis, settings.lanes)
-        self.scoring = ScoringPolicy(settings.queue_policy, settings.ssjf_aging_tokens_per_s,
-                                     settings.ssjf_max_predicted_tokens)
-        self.predictor = None  # set by attach_predictor when lengths are predicted (settings.predicts_lengths)
+        self.queue_policy = make_queue_policy(settings.queue_policy,
+                                              aging_tokens_per_s=settings.ssjf_aging_tokens_per_s,
+                                              max_predicted_tokens=settings.ssjf_max_predicted_tokens)
+        self.predicts_lengths = predicts_lengths(self.queue_policy, settings.predict_lengths)
+        self.predictor = None  # set by attach_predictor at start-up when self.predicts_lengths
         self._background: set[asyncio.Task] = set()
 
     # --- request preparation --------------------------------------------------
@@ -78,17 +85,14 @@ class SluiceAPI:
             default_max_tokens=self.settings.default_max_tokens,
             batch_default_deadline_s=self.settings.scaler.slo.batch_deadline_s,
         )
-        oracle = body.sluice.oracle_output_tokens if body.sluice else None
-        if self.scoring.name == "ssjf":
+        true_output_tokens = true_length(body, self.queue_policy)
+        if self.predicts_lengths:
             started = time.perf_counter()
             request.predicted_output_tokens = await self.predictor.predict(prompt_text, self.settings.model_name)
             self.metrics.predict_seconds.observe(time.perf_counter() - started)
-        elif self.scoring.name == "oracle":
-            if oracle is None:
-                raise bad_request("the oracle policy needs sluice.oracle_output_tokens", param="sluice")
-            request.predicted_output_tokens = float(oracle)
-        request.score = self.scoring.score(request.enqueued_at, request.predicted_output_tokens,
-                                           true_output_tokens=oracle)
+        request.score = self.queue_policy.score(ScoreInput(
+            arrival_time=request.enqueued_at, predicted_output_tokens=request.predicted_output_tokens,
+            true_output_tokens=true_output_tokens))
         return request
 
     def on_done(self, request: GenerationRequest, record: dict) -> None:
@@ -109,15 +113,6 @@ class SluiceAPI:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
 
 
-def _openai_finish_reason(reason: str | None) -> str:
-    return reason if reason in ("stop", "length") else "stop"
-
-
-def _usage(record: dict) -> dict:
-    return {"prompt_tokens": record["prompt_tokens"], "completion_tokens": record["output_tokens"],
-            "total_tokens": record["prompt_tokens"] + record["output_tokens"]}
-
-
 def _sluice_info(request: GenerationRequest, record: dict) -> dict:
     return {"slo": request.slo, "score": request.score, "predicted_output_tokens": request.predicted_output_tokens,
             "worker": record.get("worker"), "attempt": record.get("attempt"),
@@ -130,7 +125,7 @@ def create_api(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         sluice = SluiceAPI(settings)
-        if settings.predicts_lengths:
+        if sluice.predicts_lengths:
             await attach_predictor(sluice)
         state["sluice"] = sluice
         gc.freeze()  # start-up objects (the predictor's model among them) out of full collections' reach
@@ -144,6 +139,7 @@ def create_api(settings: Settings) -> FastAPI:
         await sluice.aioredis.aclose()
 
     app = FastAPI(title="Sluice", version="0.1.0", lifespan=lifespan)
+    app.include_router(files_router(settings, lambda: state["sluice"].files))
 
     @app.exception_handler(APIError)
     async def on_api_error(_request: Request, exc: APIError):
@@ -157,14 +153,7 @@ def create_api(settings: Settings) -> FastAPI:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-        if not isinstance(data, dict):
-            raise bad_request("the request body must be a JSON object", code="invalid_json")
-        try:
-            return model_cls.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(str(part) for part in first["loc"])
-            raise bad_request(f"{param}: {first['msg']}", param=param, code="invalid_value") from None
+        return validate_body(model_cls, data)
 
     @app.get("/healthz")
     async def healthz():
@@ -174,7 +163,8 @@ def create_api(settings: Settings) -> FastAPI:
         except redis.RedisError as exc:
             return JSONResponse({"status": "unhealthy", "redis": str(exc)}, status_code=503)
         workers = await sluice.aioredis.zcard("sluice:workers")
-        return {"status": "ok", "model": settings.model_name, "queue_policy": settings.queue_policy,
+        return {"status": "ok", "model": settings.model_name, "queue_policy": sluice.queue_policy.name,
+                "predicts_lengths": sluice.predicts_lengths,
                 "predictor_version": sluice.predictor.version if sluice.predictor else None,
                 "registered_workers": workers}
 
@@ -185,25 +175,21 @@ def create_api(settings: Settings) -> FastAPI:
 
     @app.get("/v1/sluice/requests/{request_id}")
     async def request_status(request_id: str):
-        fields = await state["sluice"].aioredis.hgetall(keys.request_key(request_id))
-        if not fields:
+        record = await state["sluice"].ledger.read(request_id)
+        if record is None:
             raise APIError(404, f"no request {request_id!r} (unknown, or finished more than a day ago)",
                            code="request_not_found")
-        fields = {k.decode(): v.decode() for k, v in fields.items()}
-        reply = {"id": request_id, "status": fields.get("status"), "slo": fields.get("lane"),
-                 "attempt": int(fields.get("attempt", 0))}
-        if fields.get("result"):
-            reply["result"] = json.loads(fields["result"])
-        if fields.get("error"):
-            reply["error"] = fields["error"]
+        reply = {"id": request_id, "status": record.status.value, "slo": record.lane, "attempt": record.attempt}
+        if record.result is not None:
+            reply["result"] = record.result
+        if record.error is not None:
+            reply["error"] = record.error
         return reply
 
     @app.get("/v1/scaler/decisions")
     async def scaler_decisions(limit: int = 50):
-        from scaler.service import read_decisions
-
-        if not 1 <= limit <= 1000:
-            raise bad_request("limit must be between 1 and 1000", param="limit")
+        if not 1 <= limit <= DECISIONS_KEPT:
+            raise bad_request(f"limit must be between 1 and {DECISIONS_KEPT}", param="limit")
         return {"object": "list", "data": await anyio.to_thread.run_sync(read_decisions, state["sluice"].redis, limit)}
 
     @app.get("/v1/models")
@@ -256,18 +242,9 @@ async def collect(sluice: SluiceAPI, request: GenerationRequest) -> JSONResponse
         sluice.metrics.requests.labels(request.slo, "timeout").inc()
         raise APIError(504, str(exc), type="timeout_error") from None
     sluice.on_done(request, record)
-    text = "".join(parts)
-    created = int(request.enqueued_at)
-    finish = _openai_finish_reason(record["finish_reason"])
-    if request.kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                  "logprobs": None}
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-        obj = "text_completion"
-    return JSONResponse({"id": request.request_id, "object": obj, "created": created, "model": request.model,
-                         "choices": [choice], "usage": _usage(record), "sluice": _sluice_info(request, record)})
+    return JSONResponse(completion_object(
+        request_id=request.request_id, kind=request.kind, model=request.model, created=int(request.enqueued_at),
+        text="".join(parts), record=record, sluice=_sluice_info(request, record)))
 
 
 def _sse(data: dict) -> str:
@@ -299,10 +276,10 @@ async def stream_events(sluice: SluiceAPI, request: GenerationRequest, include_u
                 yield _sse(chunk(event["text"]))
             elif event["type"] == "done":
                 sluice.on_done(request, event)
-                yield _sse(chunk(None if chat else "", finish=_openai_finish_reason(event["finish_reason"])))
+                yield _sse(chunk(None if chat else "", finish=finish_reason(event["finish_reason"])))
                 if include_usage:
                     yield _sse({"id": request.request_id, "object": obj, "created": created, "model": request.model,
-                                "choices": [], "usage": _usage(event)})
+                                "choices": [], "usage": usage(event)})
                 yield "data: [DONE]\n\n"
     except (WorkerLost, RequestFailed, RequestTimedOut) as exc:
         outcome = {WorkerLost: "worker_lost", RequestFailed: "failed", RequestTimedOut: "timeout"}[type(exc)]

@@ -15,7 +15,6 @@ that has sent nothing simply follows the new attempt.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -24,7 +23,8 @@ from collections.abc import AsyncIterator
 import redis
 import redis.asyncio as aioredis
 
-from broker import keys
+from broker.request_events import decode_event
+from core import keys
 
 log = logging.getLogger(__name__)
 READ_BLOCK_MS = 1000
@@ -85,7 +85,7 @@ class EventHub:
                     continue
                 for entry_id, fields in entries:
                     follower[0] = entry_id
-                    follower[1].put_nowait(json.loads(fields[b"event"]))
+                    follower[1].put_nowait(decode_event(fields))
 
     async def close(self) -> None:
         await self.client.delete(self.wake_key)

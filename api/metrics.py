@@ -11,17 +11,21 @@ import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from broker import keys
+from broker.decisions import read_action_counts
+from broker.heartbeat import read_heartbeats
+from core import keys
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160, 320, 640, 1280, 2560)
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
+# sluice_worker_<field>, one per heartbeat field (broker.heartbeat.WorkerHeartbeat).
 WORKER_GAUGES = {
     "running": "Requests running in the worker's engine.",
     "waiting": "Requests waiting inside the worker's engine.",
     "kv_cache_usage": "Fraction of the worker's KV cache in use.",
-    "admission_limit": "The worker's admission limit (batch size).",
+    "admission_limit": "Requests the worker runs at once (its admission limit, set by the scaler).",
     "inflight": "Requests the worker has admitted.",
     "tokens_per_s": "Generation throughput over the last seconds.",
+    "draining": "1 while the worker drains (consumes nothing more, finishes its requests, exits).",
 }
 
 
@@ -40,30 +44,23 @@ class FleetCollector:
             for lane, size in zip(self.lanes, pipe.execute()):
                 depth.add_metric([lane], size)
         yield depth
-        worker_ids = [w.decode() for w in self.client.zrange(keys.WORKERS, 0, -1)]
-        with self.client.pipeline(transaction=False) as pipe:
-            for worker_id in worker_ids:
-                pipe.hgetall(keys.worker_key(worker_id))
-            beats = [(w, b) for w, b in zip(worker_ids, pipe.execute()) if b]
+        beats = read_heartbeats(self.client)
         alive = GaugeMetricFamily("sluice_workers", "Workers with a live heartbeat.", labels=["pool"])
         pools: dict[str, int] = {}
         families = {name: GaugeMetricFamily(f"sluice_worker_{name}", doc, labels=["worker", "pool"])
                     for name, doc in WORKER_GAUGES.items()}
-        for worker_id, beat in beats:
-            fields = {k.decode(): v.decode() for k, v in beat.items()}
-            pool = fields.get("pool", "mixed")
-            pools[pool] = pools.get(pool, 0) + 1
+        for worker_id, beat in beats.items():
+            pools[beat.pool] = pools.get(beat.pool, 0) + 1
             for name, family in families.items():
-                if name in fields:
-                    family.add_metric([worker_id, pool], float(fields[name]))
+                family.add_metric([worker_id, beat.pool], float(getattr(beat, name)))
         for pool, count in pools.items():
             alive.add_metric([pool], count)
         yield alive
         yield from families.values()
         actions = CounterMetricFamily("sluice_scaler_actions", "Scaler decisions by kind, pool and action.",
                                       labels=["kind", "pool", "action"])
-        for field, count in self.client.hgetall(keys.SCALER_ACTIONS).items():
-            kind, pool, action = (field.decode().split(":") + ["", ""])[:3]
+        for field, count in read_action_counts(self.client).items():
+            kind, pool, action = (field.split(":") + ["", ""])[:3]
             actions.add_metric([kind, pool, action], int(count))
         yield actions
 

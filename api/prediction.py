@@ -4,29 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import time
 
 log = logging.getLogger(__name__)
 
 
 async def attach_predictor(sluice) -> None:
-    """Load the registry's current proxy model and serve predictions from it (SSJF needs them)."""
+    """Load the registry's current proxy model and serve predictions from it (SSJF needs them, and
+    ``predict_lengths=true`` asks for them under any policy)."""
     from predictor.predictor import LengthPredictor
     from predictor.registry import ModelRegistry
     from predictor.service import PredictionService
 
     settings = sluice.settings
-    # The API shares its host with vLLM engines whose OpenMP threads spin: a multi-threaded forward then
-    # stalls at every barrier behind them, so the predictor takes one thread unless told otherwise.
-    os.environ.setdefault("SLUICE_PREDICTOR_THREADS", "1")
+    started = time.perf_counter()
     registry = ModelRegistry(settings.predictor_registry_dir)
     artifact = registry.current_artifact_dir()
-    predictor = await asyncio.to_thread(LengthPredictor.load, artifact)
+    # predictor_threads (default 1): the API shares its host with vLLM engines whose OpenMP threads spin.
+    predictor = await asyncio.to_thread(LengthPredictor.load, artifact, threads=settings.predictor_threads)
     sluice.predictor = PredictionService(
         predictor, registry=registry, redis_client=sluice.aioredis,
         reload_interval_s=settings.predictor_reload_interval_s,
     )
-    log.info("length predictor %s loaded from %s (hot reload every %.0fs)", predictor.version, artifact,
+    log.info("length predictor %s loaded from %s in %.2fs, %d torch thread(s); hot reload every %.0fs",
+             predictor.version, artifact, time.perf_counter() - started, settings.predictor_threads,
              settings.predictor_reload_interval_s)
 
 

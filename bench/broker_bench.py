@@ -59,7 +59,7 @@ class TaskMessages:
     def __init__(self, seed: int = 0):
         from celery import Celery
 
-        from workers.tasks import TASK_NAME
+        from core.names import TASK_NAME
 
         self.rng = random.Random(seed)
         self.task_name = TASK_NAME
@@ -379,7 +379,7 @@ def broker_command(redis_url, messages, rounds, rate, duration, producer_mode, j
     if redis_url is None:
         redis_url = DEFAULT_REDIS_URL
         if not _reachable(redis_url):
-            from sluice.embedded_redis import start_embedded_valkey
+            from core.embedded_valkey import start_embedded_valkey
 
             tmpdir = Path(tempfile.mkdtemp(prefix="sluice-bench-valkey-"))
             valkey = start_embedded_valkey(tmpdir)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import click
 import numpy as np
 
-from scaler.config import ScalerConfig
+from core.scaler_config import ScalerConfig
 from scaler.policies import POLICY_NAMES
 from scaler.sim.cluster import ClusterSimulation, SimResult, SimSettings
 from scaler.sim.latency import engine
@@ -55,11 +55,11 @@ def _bursts(batch) -> list[np.ndarray]:
     return [np.flatnonzero(batch.job == j) for j in np.unique(batch.job)]
 
 
-def size_batch_pool_for_bursts(batch, eng, max_batch_size: int) -> dict:
+def size_batch_pool_for_bursts(batch, eng, max_admission_limit: int) -> dict:
     """Batch instances that admit the largest burst whole on arrival (every request running at once).
 
     Per burst: max(ceil(sum of KV reservations (context + output) / KV tokens per instance),
-    ceil(requests / max batch size)). Also returns the smaller "keep-up" size (finish a burst's
+    ceil(requests / max admission limit)). Also returns the smaller "keep-up" size (finish a burst's
     engine time before the next burst arrives) for reference.
     """
     concurrent = keep_up = 0
@@ -68,9 +68,9 @@ def size_batch_pool_for_bursts(batch, eng, max_batch_size: int) -> dict:
     for ids in _bursts(batch):
         ctx, gen = batch.context_tokens[ids].astype(float), batch.generated_tokens[ids].astype(float)
         kv = math.ceil(float((ctx + gen).sum()) / eng.kv_capacity_tokens)
-        slots = math.ceil(ids.size / max_batch_size)
+        slots = math.ceil(ids.size / max_admission_limit)
         concurrent = max(concurrent, kv, slots)
-        b = max_batch_size
+        b = max_admission_limit
         step = float(eng.decode_step_s(b, b * float(np.mean(ctx + gen / 2))))
         engine_s = float(np.sum(eng.prefill_compute_s(ctx))) + ids.size / b * float(np.mean(gen)) * step
         keep_up = max(keep_up, math.ceil(engine_s / interval))
@@ -106,7 +106,7 @@ def size_static_peak(setup: "BenchSetup") -> dict:
     _conv, code = load_trace("conv"), load_trace("code")
     batch = batch_requests(code, setup.hours * 3600.0, setup.workload, rng)
     eng = engine(setup.model, setup.gpu, setup.tensor_parallel)
-    batch_size = size_batch_pool_for_bursts(batch, eng, setup.scaler.local.max_batch_size)
+    batch_size = size_batch_pool_for_bursts(batch, eng, setup.scaler.local.max_admission_limit)
     inter = size_interactive_pool_for_peak(setup)
     # The same load test gives the per-instance capacity Chiron plans with: the trace's highest
     # per-period (Chiron's period) interactive token arrival rate, served by `inter` instances.

@@ -69,11 +69,18 @@ async def _latency_at_rate(service, prompts: list[str], served_model: str, rate:
 
 
 def run_predictor_bench(duration_s: float = 20.0, rate: float = 50.0,
-                        served_model: str = "Meta-Llama-3-8B-Instruct", artifact=None) -> dict:
+                        served_model: str = "Meta-Llama-3-8B-Instruct", artifact=None,
+                        threads: int | None = None) -> dict:
+    started, started_cpu = time.perf_counter(), time.process_time()
+    import torch
+    import transformers  # noqa: F401  (the API has imported it for its tokenizer before it loads the predictor)
+
     from predictor.predictor import LengthPredictor
     from predictor.service import PredictionService
 
-    predictor = LengthPredictor.load(artifact)
+    imported, imported_cpu = time.perf_counter(), time.process_time()
+    predictor = LengthPredictor.load(artifact, threads=threads)
+    loaded, loaded_cpu = time.perf_counter(), time.process_time()
     prompts = _validation_prompts()
     predictor.predict(prompts[:32], served_model)  # warm-up: first forward allocates
 
@@ -82,15 +89,27 @@ def run_predictor_bench(duration_s: float = 20.0, rate: float = 50.0,
         try:
             throughput = await _throughput(service, prompts, served_model, duration_s / 2)
             service.batch_sizes.clear()
+            cpu_before = time.process_time()
             latencies = await _latency_at_rate(service, prompts, served_model, rate, duration_s / 2)
+            cpu_s = time.process_time() - cpu_before
             return {
                 "artifact_version": predictor.version,
+                "torch_threads": torch.get_num_threads(),
+                # Start-up: importing torch, transformers and the predictor, then loading and quantizing
+                # the artifact (what an API that already has its tokenizer pays), wall and CPU seconds.
+                "import_s": round(imported - started, 2),
+                "import_cpu_s": round(imported_cpu - started_cpu, 2),
+                "load_s": round(loaded - imported, 2),
+                "load_cpu_s": round(loaded_cpu - imported_cpu, 2),
                 "sustained_predictions_per_s": round(throughput, 1),
                 "rate_req_per_s": rate,
                 "requests_at_rate": len(latencies),
                 "latency_p50_ms": round(1000 * statistics.median(latencies), 2),
                 "latency_p99_ms": round(1000 * _percentile(latencies, 0.99), 2),
                 "mean_batch_size_at_rate": round(statistics.mean(service.batch_sizes), 2),
+                # This process's CPU time per request at that rate (batching included): the cost other
+                # work on the machine feels, and less sensitive to that work than the latencies.
+                "cpu_ms_per_request_at_rate": round(1000 * cpu_s / len(latencies), 2),
             }
         finally:
             await service.close()
@@ -102,5 +121,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds, split between the two phases")
     parser.add_argument("--rate", type=float, default=50.0, help="requests/s for the latency phase")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (the API uses SLUICE_PREDICTOR_THREADS, default 1); default: torch's")
     args = parser.parse_args()
-    print(json.dumps(run_predictor_bench(duration_s=args.duration, rate=args.rate)))
+    print(json.dumps(run_predictor_bench(duration_s=args.duration, rate=args.rate, threads=args.threads)))

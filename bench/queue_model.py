@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from broker.scoring import ScoringPolicy
+from broker.queue_policies import ScoreInput, make_queue_policy
 
 
 def running_slots(batching_mode: str, admission_limit: int) -> int:
@@ -77,8 +77,9 @@ def completion_times(worker: WorkerModel, arrivals: np.ndarray, output_tokens: n
 
 def policy_scores(policy: str, arrivals: np.ndarray, predicted: np.ndarray, true: np.ndarray,
                   aging_tokens_per_s: float) -> np.ndarray:
-    scoring = ScoringPolicy(policy, aging_tokens_per_s)
-    return np.array([scoring.score(a, p, t) for a, p, t in zip(arrivals, predicted, true)])
+    queue_policy = make_queue_policy(policy, aging_tokens_per_s=aging_tokens_per_s)
+    return np.array([queue_policy.score(ScoreInput(arrival_time=a, predicted_output_tokens=p, true_output_tokens=t))
+                     for a, p, t in zip(arrivals, predicted, true)])
 
 
 def modelled_mean_jct(worker: WorkerModel, arrivals, predicted, true, aging_tokens_per_s: float,

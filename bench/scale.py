@@ -2,7 +2,7 @@
 
 An API and `sluice scaler run` (local actuator: real `sluice worker` processes, each with its own vLLM
 engine) share one Redis.  Interactive load rises from a trickle to more than one worker's configured
-capacity and falls back; the run records, every second, the instances per pool, each worker's batch
+capacity and falls back; the run records, every second, the instances per pool, each worker's admission
 limit, the queue depth and the offered load, and checks that every request got its full answer.
 """
 
@@ -19,8 +19,9 @@ import httpx
 import numpy as np
 
 from bench.processes import BenchCluster
-from broker import keys
-from scaler.service import read_decisions
+from broker.decisions import read_decisions
+from broker.heartbeat import read_heartbeats
+from core import keys
 
 MODEL = "sluice-tiny-llama"
 
@@ -36,14 +37,14 @@ LIVE_SCALER_ENV = {
     "SLUICE_SCALER__CHIRON__SCALE_IN_STABILIZATION_S": "20",
     "SLUICE_SCALER__CHIRON__INTERACTIVE_CAPACITY_TOKENS_PER_S_PRIOR": "400",
     "SLUICE_SCALER__MAX_OBSERVATION_AGE_S": "15",
-    "SLUICE_SCALER__LOCAL__MIN_BATCH_SIZE": "2",
-    "SLUICE_SCALER__LOCAL__INITIAL_BATCH_SIZE": "4",
-    "SLUICE_SCALER__LOCAL__MAX_BATCH_SIZE": "32",
+    "SLUICE_SCALER__LOCAL__MIN_ADMISSION_LIMIT": "2",
+    "SLUICE_SCALER__LOCAL__INITIAL_ADMISSION_LIMIT": "4",
+    "SLUICE_SCALER__LOCAL__MAX_ADMISSION_LIMIT": "32",
     "SLUICE_HEARTBEAT_TTL_S": "15",
     # The tiny CPU model decodes in a few ms per token: an ITL target on that scale makes the local
     # autoscaler's latency backpressure bite here as the 100 ms default does on a GPU.
     "SLUICE_SCALER__SLO__ITL_S": "0.008",
-    "SLUICE_BATCH_SIZE": "4",
+    "SLUICE_ADMISSION_LIMIT": "4",
 }
 
 
@@ -90,12 +91,8 @@ def mixed_pool_target(cluster: BenchCluster) -> int | None:
 
 
 def sample(cluster: BenchCluster) -> dict:
-    workers = {}
-    for worker_id in (w.decode() for w in cluster.redis.zrange(keys.WORKERS, 0, -1)):
-        beat = {k.decode(): v.decode() for k, v in cluster.redis.hgetall(keys.worker_key(worker_id)).items()}
-        if beat:
-            workers[worker_id] = {"pool": beat.get("pool"), "admission_limit": int(beat.get("admission_limit", 0)),
-                                  "inflight": int(beat.get("inflight", 0))}
+    workers = {worker_id: {"pool": beat.pool, "admission_limit": beat.admission_limit, "inflight": beat.inflight}
+               for worker_id, beat in read_heartbeats(cluster.redis).items()}
     return {"t": time.time(), "workers": workers, "queued": cluster.redis.zcard(keys.lane_key("interactive"))}
 
 
@@ -142,9 +139,9 @@ def run_scale_bench(*, low_rps: float = 0.5, high_rps: float = 6.0, ramp_s: floa
         "requests": len(results), "completed_ok": sum(r["ok"] for r in results),
         "lost_or_failed": [r for r in results if not r["ok"]],
         "max_workers": max(counts, default=0), "final_workers": counts[-1] if counts else 0,
-        "batch_limits_seen": limits,
+        "admission_limits_seen": limits,
         "scale_actions": [d for d in decisions if d["kind"] == "instances" and d["action"] != "hold"][::-1],
-        "batch_size_changes": sum(1 for d in decisions if d["kind"] == "batch_size"),
+        "admission_limit_changes": sum(1 for d in decisions if d["kind"] == "admission_limit"),
         "timeline": [{"t": s["t"] - timeline[0]["t"], "workers": len(s["workers"]), "queued": s["queued"],
                       "limits": {w: v["admission_limit"] for w, v in s["workers"].items()}} for s in timeline],
     }
@@ -169,7 +166,7 @@ def plot_timeline(report: dict, results: list[dict], path: str) -> None:
     axes[1].set_ylabel("interactive queued")
     for worker in sorted({w for s in report["timeline"] for w in s["limits"]}):
         axes[2].step(t, [s["limits"].get(worker, np.nan) for s in report["timeline"]], where="post", label=worker)
-    axes[2].set_ylabel("batch-size limit")
+    axes[2].set_ylabel("admission limit")
     axes[2].set_xlabel("seconds")
     axes[2].legend(fontsize=7)
     fig.suptitle("sluice bench scale: live Chiron scaler under a load ramp")
@@ -189,6 +186,7 @@ def scale_command(json_out, plot_out, high_rps, high_s, redis_url):
                              redis_url=redis_url)
     click.echo(f"\nrequests {report['requests']}, completed with full answers {report['completed_ok']}, "
                f"max workers {report['max_workers']}, final workers {report['final_workers']}, "
-               f"batch limits seen {report['batch_limits_seen']}, batch-size changes {report['batch_size_changes']}")
+               f"admission limits seen {report['admission_limits_seen']}, "
+               f"admission-limit changes {report['admission_limit_changes']}")
     for action in report["scale_actions"]:
         click.echo(f"  {action['pool']}: {action['from']} -> {action['to']}: {action['reason']}")

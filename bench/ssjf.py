@@ -103,13 +103,13 @@ def normalize_by_throughput(mode_report: dict) -> None:
             [r["mean_jct_s"] * r["throughput_tokens_per_s"] / mean_rate for r in mode_report[policy]["rounds"]]))
 
 
-def model_the_queue(mode: str, batch_size: int, workload: list[BenchRequest], offsets: np.ndarray, mode_report: dict,
+def model_the_queue(mode: str, admission_limit: int, workload: list[BenchRequest], offsets: np.ndarray, mode_report: dict,
                     aging_tokens_per_s: float) -> dict:
     """The same requests, arrivals, predictions and scores through bench.queue_model's noise-free worker,
     with its step time set so that its full-batch throughput is the live FCFS replays' tokens/s."""
     predicted_by_prompt = {r["prompt_id"]: r["predicted_output_tokens"] for r in mode_report["ssjf"]["per_request"]}
-    step_s = running_slots(mode, batch_size) / mode_report["fcfs"]["throughput_tokens_per_s"]
-    worker = WorkerModel(mode, batch_size, step_s=step_s)
+    step_s = running_slots(mode, admission_limit) / mode_report["fcfs"]["throughput_tokens_per_s"]
+    worker = WorkerModel(mode, admission_limit, step_s=step_s)
     jct = modelled_mean_jct(worker, offsets, [predicted_by_prompt[r.prompt_id] for r in workload],
                             [r.true_output_tokens for r in workload], aging_tokens_per_s)
     return {"step_s": worker.step_s, "slots": worker.slots, "mean_jct_s": jct, **reductions(jct)}
@@ -157,13 +157,13 @@ def kendall_tau_of_proxy(requests: list[BenchRequest]) -> float:
     return float(kendalltau(predicted, [r.true_output_tokens for r in unique.values()])[0])
 
 
-def run_ssjf_bench(*, requests: int = 300, modes=("continuous",), batch_size: int = 16, load: float = 1.3,
+def run_ssjf_bench(*, requests: int = 300, modes=("continuous",), admission_limit: int = 16, load: float = 1.3,
                    redis_url: str | None = None, json_out: str | None = None, plot_out: str | None = None,
                    aging_tokens_per_s: float = 5.0, rounds: int = 1) -> dict:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     workload = validation_requests(requests)
     mean_tokens = float(np.mean([r.true_output_tokens for r in workload]))
-    report = {"config": {"requests": requests, "batch_size": batch_size, "load": load, "length_model": LENGTH_MODEL,
+    report = {"config": {"requests": requests, "admission_limit": admission_limit, "load": load, "length_model": LENGTH_MODEL,
                          "arrival_trace": "azure conv", "aging_tokens_per_s": aging_tokens_per_s,
                          "mean_true_output_tokens": mean_tokens, "model": MODEL, "rounds": rounds},
               "proxy_kendall_tau": kendall_tau_of_proxy(workload),
@@ -175,8 +175,8 @@ def run_ssjf_bench(*, requests: int = 300, modes=("continuous",), batch_size: in
     cluster = BenchCluster(redis_url)
     try:
         for mode in modes:
-            cluster.start_worker(f"bench-{mode}@bench", "--batching-mode", mode, "--batch-size", str(batch_size),
-                                 "--max-batch-size", str(max(batch_size, 8)))
+            cluster.start_worker(f"bench-{mode}@bench", "--batching-mode", mode, "--admission-limit", str(admission_limit),
+                                 "--max-admission-limit", str(max(admission_limit, 8)))
             # Every policy's API predicts lengths (FCFS and oracle ignore them), so all three carry the
             # predictor's CPU cost on this shared machine and only the order differs between them.
             apis = {policy: cluster.start_api(f"api-{mode}-{policy}", SLUICE_QUEUE_POLICY=policy,
@@ -185,7 +185,7 @@ def run_ssjf_bench(*, requests: int = 300, modes=("continuous",), batch_size: in
                     for policy in POLICIES}
             for base_url in apis.values():
                 asyncio.run(warm_up(base_url))
-            burst = min(len(workload), 4 * running_slots(mode, batch_size))
+            burst = min(len(workload), 4 * running_slots(mode, admission_limit))
             capacity_tokens = asyncio.run(measure_capacity(apis["fcfs"], workload, burst=burst))
             capacity = capacity_tokens / mean_tokens
             cluster.wait_idle()
@@ -207,7 +207,7 @@ def run_ssjf_bench(*, requests: int = 300, modes=("continuous",), batch_size: in
             for policy in POLICIES:
                 mode_report[policy] = summarize(results[policy])
             normalize_by_throughput(mode_report)
-            mode_report["model"] = model_the_queue(mode, batch_size, workload, offsets, mode_report,
+            mode_report["model"] = model_the_queue(mode, admission_limit, workload, offsets, mode_report,
                                                    aging_tokens_per_s)
             cluster.stop_processes()
             mode_report.update(reductions({p: mode_report[p]["mean_jct_s"] for p in POLICIES}))
@@ -288,20 +288,20 @@ def format_table(report: dict) -> str:
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None, help="JCT CDF PNG.")
 @click.option("--requests", type=int, default=300, show_default=True)
 @click.option("--modes", default="continuous,dynamic,none", show_default=True, help="Batching modes to run.")
-@click.option("--batch-size", type=int, default=16, show_default=True, help="Worker admission limit.")
+@click.option("--admission-limit", type=int, default=16, show_default=True, help="Worker admission limit.")
 @click.option("--load", type=float, default=1.3, show_default=True,
               help="Offered load / capacity (a closed burst's tokens/s over the workload's mean output length).")
 @click.option("--aging-tokens-per-s", type=float, default=5.0, show_default=True, help="SSJF aging rate.")
 @click.option("--rounds", type=int, default=1, show_default=True,
               help="Replays per policy, in forward then reverse policy order (more rounds: less drift).")
 @click.option("--redis-url", default=None, help="Redis to use (its database is flushed). Default: embedded Valkey.")
-def ssjf_command(json_out, plot_out, requests, modes, batch_size, load, aging_tokens_per_s, rounds, redis_url):
+def ssjf_command(json_out, plot_out, requests, modes, admission_limit, load, aging_tokens_per_s, rounds, redis_url):
     """FCFS vs SSJF vs oracle SJF on real prompts and lengths, through the real stack."""
     modes = [m.strip() for m in modes.split(",") if m.strip()]
     unknown = set(modes) - {"continuous", "dynamic", "none"}
     if unknown:
         raise click.BadParameter(f"unknown modes {sorted(unknown)}", param_hint="--modes")
-    report = run_ssjf_bench(requests=requests, modes=modes, batch_size=batch_size, load=load, redis_url=redis_url,
+    report = run_ssjf_bench(requests=requests, modes=modes, admission_limit=admission_limit, load=load, redis_url=redis_url,
                             json_out=json_out, plot_out=plot_out, aging_tokens_per_s=aging_tokens_per_s,
                             rounds=rounds)
     click.echo(format_table(report))

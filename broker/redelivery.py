@@ -19,7 +19,7 @@ import redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
-from broker import keys
+from core import keys
 from broker.transport import message_score
 
 log = logging.getLogger(__name__)

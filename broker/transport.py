@@ -6,7 +6,10 @@ event loop integration Celery uses) is kombu's.  What changes:
 
 * publish is ``ZADD lane score message``; the score travels in the message
   headers (``sluice_score``) so that a redelivered message goes back to the
-  place it had;
+  place it had; a message published with the ``sluice_ledger`` header (every
+  request the API publishes) is instead enqueued by the request ledger
+  (:mod:`broker.ledger`), which adds it to its lane and records the request in
+  one atomic step;
 * consume is ``BZPOPMIN lane1 lane2 ...`` with the lanes in an explicit
   priority order (Redis pops from the first non-empty key in argument order),
   so a worker always takes the lowest-score message of the highest-priority
@@ -31,7 +34,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
-from broker import keys
+from broker.ledger import LEDGER_HEADER, Ledger, LedgerEntry
+from core import keys
 
 SCORE_HEADER = "sluice_score"
 HEADROOM_POLL_S = 0.25  # a full consumer's wait on its headroom lanes alone, before it looks at all lanes again
@@ -100,6 +104,7 @@ class Channel(kombu_redis.Channel):
     headroom_lanes: tuple[str, ...] = ()
     headroom: int = 0
     _shared_client = None
+    _ledger_of_client = None
 
     from_transport_options = kombu_redis.Channel.from_transport_options + (
         "lane_priority", "worker_id", "headroom_lanes", "headroom")
@@ -135,11 +140,26 @@ class Channel(kombu_redis.Channel):
     def _q_for_pri(self, queue, pri):
         return keys.lane_key(queue)
 
+    def _ledger(self, client) -> Ledger:
+        if self._ledger_of_client is None or self._ledger_of_client.client is not client:
+            self._ledger_of_client = Ledger(client)
+        return self._ledger_of_client
+
     def _put(self, queue, message, **kwargs):
         kwargs.pop("_publish_batch", None)
+        entry = message.get("headers", {}).get(LEDGER_HEADER)
+        if entry is not None:
+            # Not stored with the message (a redelivered copy must not enqueue again), and not stripped
+            # from the caller's headers either: kombu publishes that same dict again when it retries.
+            headers = {name: value for name, value in message["headers"].items() if name != LEDGER_HEADER}
+            message = {**message, "headers": headers}
         score = message_score(message)
         with self.conn_or_acquire() as client:
-            client.zadd(keys.lane_key(queue), {dumps(message): score})
+            if entry is None:
+                client.zadd(keys.lane_key(queue), {dumps(message): score})
+            else:
+                # A request: into its lane and the request ledger in one atomic step (broker.ledger).
+                self._ledger(client).enqueue(queue, dumps(message), score, LedgerEntry.from_header(entry))
 
     def _get(self, queue):
         if queue not in self.consumable_lanes():

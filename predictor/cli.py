@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import click
 
@@ -91,17 +89,16 @@ def retrain(redis_url, registry_root, base_artifact, fine_tune_encoder, encoder_
     """Re-fit from the feedback log plus base data; publish a new version and move the pointer."""
     import redis
 
+    from core.settings import Settings
     from predictor.feedback import retrain as retrain_from_feedback
 
-    from sluice.config import get_settings
-
-    settings = get_settings()
-    url = redis_url or settings.redis_url
-    if not url:
+    given = {"redis_url": redis_url, "predictor_registry": registry_root}
+    settings = Settings(**{name: value for name, value in given.items() if value is not None})
+    if not settings.redis_url:
         raise click.UsageError("no Redis: pass --redis-url or set SLUICE_REDIS_URL")
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(settings.redis_url)
     try:
-        meta = retrain_from_feedback(client, base_artifact, registry_root or settings.predictor_registry_dir,
+        meta = retrain_from_feedback(client, base_artifact, settings.predictor_registry_dir,
                                      fine_tune_encoder=fine_tune_encoder, encoder_epochs=encoder_epochs)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

@@ -71,7 +71,7 @@ def read_feedback(redis_client, key: str = FEEDBACK_KEY) -> list[dict]:
     return [json.loads(raw) for raw in redis_client.lrange(key, 0, -1)]
 
 
-def retrain(redis_client, base_artifact: str | Path | None = None, out_root: str | Path | None = None, *,
+def retrain(redis_client, base_artifact: str | Path | None, out_root: str | Path, *,
             key: str = FEEDBACK_KEY, epochs: int = 30, feedback_weight: float = 1.0,
             version: str | None = None, make_current: bool = True, fine_tune_encoder: bool = False,
             encoder_epochs: int = 1) -> dict:
@@ -83,8 +83,8 @@ def retrain(redis_client, base_artifact: str | Path | None = None, out_root: str
     epochs; that needs prompt text (``keep_prompt_text``), and feature-only entries are skipped, since
     features belong to the encoder being changed.
 
-    ``out_root`` is the registry root (default: ``SLUICE_PREDICTOR_REGISTRY`` or var/predictor-registry).
-    The base artifact defaults to the registry's current version (or the shipped default).
+    ``out_root`` is the registry root (the CLI passes ``settings.predictor_registry_dir``).
+    ``base_artifact`` None: the registry's current version (or the shipped default).
     Returns the new version's meta.json contents.
     """
     from predictor.predictor import LengthPredictor

@@ -7,15 +7,14 @@ to the consensus head, which is also what the queue needs most: only the order o
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are bundled; never reach for the hub
 
 import torch
 from torch import nn
 
 CONSENSUS_HEAD = 0
+# Weights are bundled (the base encoder's package, the artifact directory): never reach for the hub.
+LOCAL_ONLY = {"local_files_only": True}
 
 
 def base_encoder_path() -> Path:
@@ -55,8 +54,8 @@ def load_base(model_names: list[str], log_length_mean: float):
     from transformers import AutoModel, AutoTokenizer
 
     path = base_encoder_path()
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    encoder = AutoModel.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(path), **LOCAL_ONLY)
+    encoder = AutoModel.from_pretrained(str(path), **LOCAL_ONLY)
     return LengthRegressor(encoder, model_names, log_length_mean), tokenizer
 
 
@@ -77,12 +76,12 @@ def load_weights(artifact_dir: Path):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     artifact_dir = Path(artifact_dir)
-    config = AutoConfig.from_pretrained(str(artifact_dir / "encoder"))
+    config = AutoConfig.from_pretrained(str(artifact_dir / "encoder"), **LOCAL_ONLY)
     encoder = AutoModel.from_config(config)
     model_names = json.loads((artifact_dir / "heads.json").read_text())["model_names"]
     model = LengthRegressor(encoder, model_names)
     state = {k: v.to(torch.float32) for k, v in load_file(str(artifact_dir / "model.safetensors")).items()}
     model.load_state_dict(state, strict=False)  # strict=False: position_ids buffers differ by version
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(artifact_dir / "encoder"))
+    tokenizer = AutoTokenizer.from_pretrained(str(artifact_dir / "encoder"), **LOCAL_ONLY)
     return model, tokenizer

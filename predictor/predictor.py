@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 
@@ -13,15 +12,12 @@ from predictor.model import CONSENSUS_HEAD, load_weights
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_ARTIFACT_DIR = PACKAGE_DIR / "artifacts" / "default"
-# Overrides the shipped artifact without code changes (e.g. a retrained version on a shared volume).
-ARTIFACT_ENV_VAR = "SLUICE_PREDICTOR_ARTIFACT"
 # Inference sorts a batch by length and runs it in chunks this big; bigger chunks pad more.
 INFERENCE_CHUNK = 16
 
 
-def configure_torch_threads() -> None:
-    # One intra-op pool sized to the machine; inter-op parallelism only adds contention for small models.
-    threads = int(os.environ.get("SLUICE_PREDICTOR_THREADS", os.cpu_count() or 1))
+def configure_torch_threads(threads: int) -> None:
+    # torch's intra-op pool is one per process: this sets it for every model in the process.
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
 
@@ -41,11 +37,12 @@ class LengthPredictor:
     they are also usable for capacity estimates.
     """
 
-    def __init__(self, model, tokenizer, meta: dict, path: Path | None = None):
+    def __init__(self, model, tokenizer, meta: dict, path: Path | None = None, threads: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.meta = meta
         self.path = path
+        self.threads = threads  # what load() set torch's thread pool to (None: torch's default); reloads reuse it
         self.max_length = int(meta.get("max_length", 128))
         # Weight of the served model's own head against the cross-model consensus (measured; see meta).
         self.own_head_weight = float(meta.get("inference", {}).get("own_head_weight", 0.0))
@@ -56,22 +53,23 @@ class LengthPredictor:
         return str(self.meta.get("version", "unknown"))
 
     @classmethod
-    def load(cls, path: str | Path | None = None, quantize: bool = True) -> "LengthPredictor":
-        """Loads an artifact (default: $SLUICE_PREDICTOR_ARTIFACT or the shipped one).
+    def load(cls, path: str | Path | None = None, quantize: bool = True,
+             threads: int | None = None) -> "LengthPredictor":
+        """Loads an artifact (default: the shipped one).
 
         ``quantize`` applies dynamic int8 quantization to the Linear layers: ~3x faster on CPU with no
-        measurable change in validation tau (docs/predictor.md).
+        measurable change in validation tau (docs/predictor.md).  ``threads`` sizes torch's intra-op
+        thread pool (the API passes its ``predictor_threads`` setting); None leaves torch's default,
+        one thread per core, which suits the CLI and training.
         """
-        configure_torch_threads()
-        path = Path(path or os.environ.get(ARTIFACT_ENV_VAR) or DEFAULT_ARTIFACT_DIR)
+        if threads is not None:
+            configure_torch_threads(threads)
+        path = Path(path) if path is not None else DEFAULT_ARTIFACT_DIR
         meta = json.loads((path / "meta.json").read_text())
         model, tokenizer = load_weights(path)
         if quantize:
             model = quantize_linear_int8(model)
-        return cls(model, tokenizer, meta, path)
-
-    def known_models(self) -> list[str]:
-        return list(self.model.model_names)
+        return cls(model, tokenizer, meta, path, threads)
 
     def predict_log1p(self, prompts: list[str], served_model: str | None = None) -> np.ndarray:
         if not prompts:

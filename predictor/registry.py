@@ -18,14 +18,12 @@ from pathlib import Path
 
 from predictor.predictor import DEFAULT_ARTIFACT_DIR
 
-REGISTRY_ENV_VAR = "SLUICE_PREDICTOR_REGISTRY"
-DEFAULT_REGISTRY_ROOT = Path(__file__).resolve().parent.parent / "var" / "predictor-registry"
 CURRENT_VERSION_REDIS_KEY = "sluice:predictor:current_version"
 
 
 class ModelRegistry:
-    def __init__(self, root: str | Path | None = None):
-        self.root = Path(root or os.environ.get(REGISTRY_ENV_VAR) or DEFAULT_REGISTRY_ROOT)
+    def __init__(self, root: str | Path):
+        self.root = Path(root)  # settings.predictor_registry_dir in the API and the CLI
 
     @property
     def versions_dir(self) -> Path:

@@ -8,6 +8,7 @@ worker thread so the event loop never blocks on torch. At low load a request wai
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
@@ -42,7 +43,7 @@ class PredictionService:
         self.batch_sizes: list[int] = []
         self._queue: asyncio.Queue | None = None
         self._tasks: list[asyncio.Task] = []
-        # One worker thread: forwards run one at a time and torch already uses every core per forward.
+        # One worker thread: forwards run one at a time; torch's own pool (LengthPredictor.threads) works inside each.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-predictor")
         self._reload_lock: asyncio.Lock | None = None
 
@@ -140,7 +141,7 @@ class PredictionService:
             started = time.perf_counter()
             # Loading takes ~1 s of CPU; do it off the event loop, then swap with one assignment.
             new_predictor = await asyncio.get_running_loop().run_in_executor(
-                None, LengthPredictor.load, artifact_dir)
+                None, functools.partial(LengthPredictor.load, artifact_dir, threads=self.predictor.threads))
             old = self.predictor.version
             self.predictor = new_predictor
             log.info("predictor hot-reloaded %s -> %s in %.2fs", old, wanted, time.perf_counter() - started)

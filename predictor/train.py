@@ -183,20 +183,6 @@ def fine_tune(model: LengthRegressor, tokenizer, texts: list[str], y: np.ndarray
     return model
 
 
-@torch.inference_mode()
-def predict_log_lengths(model: LengthRegressor, tokenizer, texts: list[str], head: int,
-                        max_length: int = 128, batch_size: int = 64) -> np.ndarray:
-    # Sorting by length keeps padding (wasted compute) small inside each batch.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = np.empty(len(texts), dtype=np.float64)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length,
-                          padding=True, return_tensors="pt")
-        out[idx] = model(batch["input_ids"], batch["attention_mask"])[:, head].double().numpy()
-    return out
-
-
 # Served-model head vs mean-of-all-heads mix at inference; 0.4 chosen by 3-fold CV on train prompts (docs).
 OWN_HEAD_WEIGHT = 0.4
 
@@ -221,7 +207,6 @@ def train_default(out_dir: str | Path, cfg: TrainConfig | None = None, version: 
                   target_model: str = D.DEFAULT_TARGET_MODEL) -> dict:
     """Trains on the bundled AlpacaEval training split and writes a versioned artifact directory."""
     cfg = cfg or TrainConfig()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.time()
     prompts = D.load_prompts()
     lengths = D.load_output_tokens()

@@ -1,6 +1,7 @@
-"""Sluice autoscaler: pure scaling decisions (local batch-size AIMD and global pool sizing).
+"""Sluice autoscaler: pure scaling decisions (local admission-limit AIMD and global pool sizing).
 
-Everything under ``scaler`` except ``scaler.actuators`` and ``scaler.service`` is free of I/O:
+Everything under ``scaler`` except ``scaler.actuators``, ``scaler.service`` and ``scaler.observe.read_raw``
+is free of I/O:
 decisions are functions of an observed-state snapshot, so the live scaler and the cluster
 simulator (``scaler.sim``) run exactly the same code.
 """

@@ -1,4 +1,6 @@
-"""Per-worker batch-size autoscaler (AIMD on backpressure), run every control period.
+"""Per-worker admission-limit autoscaler (AIMD on backpressure), run every control period.
+
+The admission limit is how many requests a worker runs at once (its engine's running batch).
 
 Backpressure BP = max(LBP, TBP):
 * LBP = smoothed ITL / tightest ITL SLO among the requests the worker serves;
@@ -13,19 +15,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scaler.config import LocalAutoscalerConfig
+from core.scaler_config import LocalAutoscalerConfig
 
 
 @dataclass(frozen=True)
 class LocalState:
-    batch_limit: int
+    admission_limit: int
     itl_ewma_s: float | None = None
     throughput_before_increase: float | None = None  # set on the period the limit went up
     limit_before_increase: int | None = None
 
     @classmethod
     def initial(cls, config: LocalAutoscalerConfig) -> "LocalState":
-        return cls(batch_limit=config.initial_batch_size)
+        return cls(admission_limit=config.initial_admission_limit)
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class LocalObservation:
 @dataclass(frozen=True)
 class LocalDecision:
     previous_limit: int
-    batch_limit: int
+    admission_limit: int
     backpressure: float
     reason: str
     inputs: dict
@@ -55,7 +57,7 @@ def _ewma(previous: float | None, sample: float | None, alpha: float) -> float |
     return alpha * sample + (1 - alpha) * previous
 
 
-def next_batch_size(
+def next_admission_limit(
     state: LocalState, observation: LocalObservation, config: LocalAutoscalerConfig
 ) -> tuple[LocalState, LocalDecision]:
     itl = _ewma(state.itl_ewma_s, observation.itl_s, config.itl_ewma_alpha)
@@ -69,7 +71,7 @@ def next_batch_size(
             observation.tokens_per_s * (1 + config.throughput_drop_tolerance)
         )
     bp = max(lbp, tbp)
-    saturated = observation.running >= state.batch_limit
+    saturated = observation.running >= state.admission_limit
     inputs = {
         "itl_sample_s": observation.itl_s,
         "itl_ewma_s": itl,
@@ -80,18 +82,18 @@ def next_batch_size(
         "tbp": tbp,
     }
     if bp >= 1:
-        limit = max(config.min_batch_size, math.floor(state.batch_limit * config.multiplicative_decrease))
+        limit = max(config.min_admission_limit, math.floor(state.admission_limit * config.multiplicative_decrease))
         reason = f"backpressure {bp:.2f} >= 1 ({'latency' if lbp >= tbp else 'throughput'}): decrease"
-        new_state = LocalState(batch_limit=limit, itl_ewma_s=itl)
+        new_state = LocalState(admission_limit=limit, itl_ewma_s=itl)
     else:
-        limit = min(config.max_batch_size, state.batch_limit + config.additive_increase)
+        limit = min(config.max_admission_limit, state.admission_limit + config.additive_increase)
         reason = f"backpressure {bp:.2f} < 1: increase"
         # Only a saturated worker's throughput says anything about the new limit.
-        before = observation.tokens_per_s if (limit > state.batch_limit and saturated) else None
+        before = observation.tokens_per_s if (limit > state.admission_limit and saturated) else None
         new_state = LocalState(
-            batch_limit=limit,
+            admission_limit=limit,
             itl_ewma_s=itl,
             throughput_before_increase=before,
-            limit_before_increase=state.batch_limit if before is not None else None,
+            limit_before_increase=state.admission_limit if before is not None else None,
         )
-    return new_state, LocalDecision(state.batch_limit, limit, bp, reason, inputs)
+    return new_state, LocalDecision(state.admission_limit, limit, bp, reason, inputs)

@@ -1,27 +1,29 @@
 """Build a ClusterSnapshot from what Sluice keeps in Redis (heartbeats, lanes, counters).
 
 ``read_raw`` does the I/O; ``build_snapshot`` is a pure function of what was read (and the previous
-read, for rates), so the decision inputs can be logged, replayed and tested.
+read, for rates), so the decision inputs can be logged, replayed and tested. Heartbeats are decoded
+once, by :class:`broker.heartbeat.WorkerHeartbeat`.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import time
 from dataclasses import dataclass, field
 
-from broker import keys
 from broker.deadlines import read_deadline_buckets
+from broker.heartbeat import WorkerHeartbeat, read_heartbeats
+from core import keys
+from core.names import LANES
 from scaler.state import ClusterSnapshot, DeadlineGroup, LaneObservation, PoolObservation, WorkerObservation
-
-LANES = ("interactive", "batch")
 
 
 @dataclass
 class RawObservation:
     read_at: float
-    heartbeats: dict[str, dict[str, str]]
+    heartbeats: dict[str, WorkerHeartbeat]
     lane_depths: dict[str, int]
     oldest_enqueued_at: dict[str, float | None]
     arrivals: dict[str, float]
@@ -31,8 +33,6 @@ class RawObservation:
 
 def _oldest_enqueued_at(client, lane: str, sample: int = 32) -> float | None:
     """Oldest arrival among the lane's first members (exact under FCFS, a lower bound of waits otherwise)."""
-    import base64
-
     oldest = None
     for member in client.zrange(keys.lane_key(lane), 0, sample - 1):
         try:
@@ -46,48 +46,39 @@ def _oldest_enqueued_at(client, lane: str, sample: int = 32) -> float | None:
 
 
 def read_raw(client, pools: dict[str, PoolObservation]) -> RawObservation:
-    worker_ids = [w.decode() for w in client.zrange(keys.WORKERS, 0, -1)]
+    heartbeats = read_heartbeats(client)
     with client.pipeline(transaction=False) as pipe:
-        for worker_id in worker_ids:
-            pipe.hgetall(keys.worker_key(worker_id))
         for lane in LANES:
             pipe.zcard(keys.lane_key(lane))
         pipe.hgetall(keys.ARRIVALS)
         replies = pipe.execute()
-    beats = {w: {k.decode(): v.decode() for k, v in b.items()} for w, b in zip(worker_ids, replies) if b}
-    depths = dict(zip(LANES, replies[len(worker_ids):len(worker_ids) + len(LANES)]))
+    depths = dict(zip(LANES, replies[:len(LANES)]))
     arrivals = {k.decode(): float(v) for k, v in replies[-1].items()}
     return RawObservation(
-        read_at=time.time(), heartbeats=beats, lane_depths=depths,
+        read_at=time.time(), heartbeats=heartbeats, lane_depths=depths,
         oldest_enqueued_at={lane: _oldest_enqueued_at(client, lane) if depths[lane] else None for lane in LANES},
         arrivals=arrivals, deadline_buckets=read_deadline_buckets(client), pools=pools,
     )
 
 
-def _float(fields: dict, name: str, default: float = 0.0) -> float:
-    value = fields.get(name, "")
-    return float(value) if value not in ("", None) else default
-
-
-def worker_observation(worker_id: str, fields: dict[str, str]) -> WorkerObservation:
-    itl = fields.get("itl_s", "")
+def worker_observation(beat: WorkerHeartbeat) -> WorkerObservation:
+    # The heartbeat carries one throughput; it counts for each kind of work the worker was running
+    # (for both on a worker that runs both).
     return WorkerObservation(
-        worker_id=worker_id, pool=fields.get("pool", "mixed"), ready=True,
-        running_interactive=int(_float(fields, "inflight_interactive")),
-        running_batch=int(_float(fields, "inflight_batch")),
-        batch_limit=int(_float(fields, "admission_limit", 1)),
-        itl_ewma_s=float(itl) if itl else None,
-        batch_tokens_per_s=_float(fields, "tokens_per_s") if int(_float(fields, "inflight_batch")) else 0.0,
-        draining=fields.get("draining") == "1",
-        interactive_tokens_per_s=_float(fields, "tokens_per_s") if int(_float(fields, "inflight_interactive")) else 0.0,
+        worker_id=beat.worker_id, pool=beat.pool, ready=True,
+        running_interactive=beat.inflight_interactive, running_batch=beat.inflight_batch,
+        admission_limit=beat.admission_limit, itl_ewma_s=beat.itl_s,
+        batch_tokens_per_s=beat.tokens_per_s if beat.inflight_batch else 0.0,
+        draining=beat.draining,
+        interactive_tokens_per_s=beat.tokens_per_s if beat.inflight_interactive else 0.0,
     )
 
 
 def build_snapshot(raw: RawObservation, previous: RawObservation | None, *, max_heartbeat_age_s: float,
                    token_variance_per_request: float) -> ClusterSnapshot:
     """Pure: the snapshot the policies see; ``observed_at`` is the oldest heartbeat that went into it."""
-    workers = tuple(worker_observation(w, f) for w, f in sorted(raw.heartbeats.items()))
-    updated = [_float(f, "updated_at", raw.read_at) for f in raw.heartbeats.values()]
+    workers = tuple(worker_observation(beat) for _, beat in sorted(raw.heartbeats.items()))
+    updated = [beat.updated_at for beat in raw.heartbeats.values()]
     observed_at = min([raw.read_at, *updated])
     complete = all(raw.read_at - u <= max_heartbeat_age_s for u in updated)
     lanes = {}

@@ -1,46 +1,32 @@
 """The live scaler: observe Redis, run the pure policies, act through an actuator and control messages.
 
 Two loops in one process, as in Chiron:
-* local (every ``local.control_period_s``): each worker's batch-size limit from its latency and
-  throughput backpressure (``scaler.local_autoscaler``), applied with a Celery control message;
+* local (every ``local.control_period_s``): each worker's admission limit from its latency and
+  throughput backpressure (``scaler.local_autoscaler``), applied with the Celery control command
+  ``sluice_set_admission_limit``;
 * global (every policy period): instance counts per pool from a ClusterSnapshot (``scaler.policies``),
   applied by the actuator (local processes, Docker, Kubernetes).
-Every decision is logged with its inputs and reason, kept in Redis for ``sluice scaler status`` and
-``GET /v1/scaler/decisions``, and counted for Prometheus.
+Every decision is logged with its inputs and reason, kept in Redis (``broker.decisions``) for
+``sluice scaler status`` and ``GET /v1/scaler/decisions``, and counted for Prometheus.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import time
 
 import redis
 
-from broker import keys
-from scaler.config import ScalerConfig
-from scaler.local_autoscaler import LocalObservation, LocalState, next_batch_size
-from scaler.observe import build_snapshot, default_token_variance, read_raw
+from broker.decisions import read_action_counts, read_decisions, record_decision
+from broker.heartbeat import WorkerHeartbeat, read_heartbeats
+from core.names import POOLS, SET_ADMISSION_LIMIT
+from core.scaler_config import ScalerConfig
+from scaler.local_autoscaler import LocalObservation, LocalState, next_admission_limit
+from scaler.observe import RawObservation, build_snapshot, default_token_variance, read_raw
 from scaler.policies import get_policy
-from scaler.state import PoolObservation
+from scaler.state import ClusterSnapshot, PoolObservation
 
 log = logging.getLogger(__name__)
-DECISIONS_KEPT = 1000
-POOLS = ("interactive", "mixed", "batch")
-
-
-def record_decision(client: redis.Redis, kind: str, payload: dict) -> None:
-    entry = json.dumps({"kind": kind, "at": time.time(), **payload}, default=str)
-    with client.pipeline() as pipe:
-        pipe.lpush(keys.SCALER_DECISIONS, entry)
-        pipe.ltrim(keys.SCALER_DECISIONS, 0, DECISIONS_KEPT - 1)
-        pipe.hincrby(keys.SCALER_ACTIONS, f"{kind}:{payload.get('pool', '')}:{payload.get('action', '')}", 1)
-        pipe.execute()
-
-
-def read_decisions(client: redis.Redis, limit: int = 50) -> list[dict]:
-    return [json.loads(raw) for raw in client.lrange(keys.SCALER_DECISIONS, 0, limit - 1)]
 
 
 class ScalerService:
@@ -58,40 +44,48 @@ class ScalerService:
         self.previous_raw = None
         self._next_global = 0.0
 
-    # --- local loop: batch sizes -----------------------------------------------------------
-    def local_round(self, heartbeats: dict[str, dict[str, str]]) -> None:
-        for worker_id, fields in heartbeats.items():
-            state = self.local_states.get(worker_id) or LocalState(batch_limit=int(fields.get("admission_limit", 1)))
-            itl = fields.get("itl_s", "")
-            serves_interactive = "interactive" in fields.get("lanes", "")
+    # --- local loop: admission limits ----------------------------------------------------------
+    def local_round(self, heartbeats: dict[str, WorkerHeartbeat]) -> None:
+        for worker_id, beat in heartbeats.items():
+            if beat.draining:
+                # It admits nothing more, and its control channel may already be closed (a broadcast
+                # to it would wait out the reply timeout).
+                continue
+            state = self.local_states.get(worker_id) or LocalState(admission_limit=beat.admission_limit)
             observation = LocalObservation(
-                itl_s=float(itl) if itl else None, tokens_per_s=float(fields.get("tokens_per_s", 0) or 0),
-                running=int(fields.get("inflight", 0) or 0), itl_slo_s=self.itl_slo_s if serves_interactive else None)
-            new_state, decision = next_batch_size(state, observation, self.config.local)
+                itl_s=beat.itl_s, tokens_per_s=beat.tokens_per_s, running=beat.inflight,
+                itl_slo_s=self.itl_slo_s if "interactive" in beat.lanes else None)
+            new_state, decision = next_admission_limit(state, observation, self.config.local)
             self.local_states[worker_id] = new_state
-            if decision.batch_limit != decision.previous_limit:
+            if decision.admission_limit != decision.previous_limit:
                 reply = self.celery.control.broadcast(
-                    "sluice_set_batch_size", arguments={"batch_size": decision.batch_limit},
+                    SET_ADMISSION_LIMIT, arguments={"limit": decision.admission_limit},
                     destination=[worker_id], reply=True, timeout=2)
-                log.info("batch size %s: %d -> %d: %s %s", worker_id, decision.previous_limit, decision.batch_limit,
-                         decision.reason, reply)
-                record_decision(self.client, "batch_size", {
-                    "pool": fields.get("pool"), "worker": worker_id, "action": "grow" if decision.batch_limit >
-                    decision.previous_limit else "shrink", "from": decision.previous_limit, "to": decision.batch_limit,
+                log.info("admission limit %s: %d -> %d: %s %s", worker_id, decision.previous_limit,
+                         decision.admission_limit, decision.reason, reply)
+                record_decision(self.client, "admission_limit", {
+                    "pool": beat.pool, "worker": worker_id,
+                    "action": "grow" if decision.admission_limit > decision.previous_limit else "shrink",
+                    "from": decision.previous_limit, "to": decision.admission_limit,
                     "reason": decision.reason, "inputs": decision.inputs})
-        for gone in set(self.local_states) - set(heartbeats):
+        for gone in set(self.local_states) - {w for w, beat in heartbeats.items() if not beat.draining}:
             del self.local_states[gone]
 
     # --- global loop: instance counts ---------------------------------------------------------
     def pools(self) -> dict[str, PoolObservation]:
-        observed = {}
-        for pool in POOLS:
-            observed[pool] = PoolObservation(pool=pool, **dataclasses.asdict(self.actuator.current(pool)))
-        return observed
+        return {pool: self.actuator.current(pool) for pool in POOLS}
 
-    def global_round(self, raw) -> list:
-        snapshot = build_snapshot(raw, self.previous_raw, max_heartbeat_age_s=self.config.max_observation_age_s,
-                                  token_variance_per_request=default_token_variance())
+    def observe(self) -> RawObservation:
+        """One read of the cluster: the actuator's pool counts and what Redis holds."""
+        return read_raw(self.client, self.pools())
+
+    def snapshot(self, raw: RawObservation) -> ClusterSnapshot:
+        """What the policies see of ``raw`` (rates against the previous global round's read)."""
+        return build_snapshot(raw, self.previous_raw, max_heartbeat_age_s=self.config.max_observation_age_s,
+                              token_variance_per_request=default_token_variance())
+
+    def global_round(self, raw: RawObservation) -> list:
+        snapshot = self.snapshot(raw)
         decisions, self.policy_state = self.policy.decide(snapshot, self.policy_state, self.config)
         for decision in decisions:
             if decision.is_change:
@@ -107,7 +101,7 @@ class ScalerService:
 
     def step(self, now: float) -> None:
         try:
-            raw = read_raw(self.client, self.pools())
+            raw = self.observe()
         except redis.RedisError:
             log.exception("could not observe the cluster: holding")
             return
@@ -128,12 +122,9 @@ class ScalerService:
 
 
 def describe_status(client: redis.Redis, limit: int = 20) -> dict:
-    workers = {}
-    for worker_id in (w.decode() for w in client.zrange(keys.WORKERS, 0, -1)):
-        beat = {k.decode(): v.decode() for k, v in client.hgetall(keys.worker_key(worker_id)).items()}
-        if beat:
-            workers[worker_id] = {k: beat.get(k) for k in ("pool", "admission_limit", "inflight", "itl_s",
-                                                            "tokens_per_s", "kv_cache_usage")}
-    actions = {k.decode(): int(v) for k, v in client.hgetall(keys.SCALER_ACTIONS).items()}
-    return {"workers": workers, "actions": actions, "decisions": read_decisions(client, limit)}
-
+    """What ``sluice scaler status`` prints: each live worker, the decision counters, the newest decisions."""
+    workers = {worker_id: {"pool": beat.pool, "admission_limit": beat.admission_limit, "inflight": beat.inflight,
+                           "draining": beat.draining, "itl_s": beat.itl_s, "tokens_per_s": beat.tokens_per_s,
+                           "kv_cache_usage": beat.kv_cache_usage}
+               for worker_id, beat in read_heartbeats(client).items()}
+    return {"workers": workers, "actions": read_action_counts(client), "decisions": read_decisions(client, limit)}

@@ -18,7 +18,7 @@ class WorkerObservation:
     ready: bool  # False while cold-starting
     running_interactive: int = 0
     running_batch: int = 0
-    batch_limit: int = 1  # current limit set by the local autoscaler
+    admission_limit: int = 1  # requests the worker runs at once, set by the local autoscaler
     itl_ewma_s: float | None = None  # None: no decode step observed yet
     batch_tokens_per_s: float = 0.0  # output tokens/s of batch work in the last period
     draining: bool = False
@@ -31,11 +31,11 @@ class WorkerObservation:
 
         Batch sequences on a mixed worker are preemptible, so they do not count as load.
         Latency headroom (ITL / SLO) matters because prefill interference saturates an engine long
-        before its batch-size limit is reached. While a worker lends capacity to batch work its ITL
+        before its admission limit is reached. While a worker lends capacity to batch work its ITL
         is inflated by that preemptible work, so only slot use counts then: a worker that has room
         to lend is by definition not short of interactive capacity.
         """
-        slots = self.running_interactive / max(self.batch_limit, 1)
+        slots = self.running_interactive / max(self.admission_limit, 1)
         if self.itl_ewma_s is None or self.running_interactive == 0 or self.running_batch > 0:
             return slots
         return max(slots, self.itl_ewma_s / itl_slo_s)
@@ -66,10 +66,11 @@ class LaneObservation:
 
 
 @dataclass(frozen=True)
-class PoolCount:
-    """Instance counts of one pool; ``starting`` instances are launched but not yet serving, ``draining``
-    ones finish their requests and leave. Actuators report these; the scaler observes them."""
+class PoolObservation:
+    """One pool's instance counts, as its actuator reports them. ``starting`` instances are launched but
+    not yet serving; ``draining`` ones finish their requests and leave."""
 
+    pool: str
     ready: int = 0
     starting: int = 0
     draining: int = 0
@@ -78,13 +79,6 @@ class PoolCount:
     def provisioned(self) -> int:
         """Instances that count towards the pool's size (draining ones are on their way out)."""
         return self.ready + self.starting
-
-
-@dataclass(frozen=True, kw_only=True)
-class PoolObservation(PoolCount):
-    """A pool's instance counts, named, as one snapshot of the cluster holds them."""
-
-    pool: str
 
 
 @dataclass(frozen=True)

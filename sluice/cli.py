@@ -1,7 +1,13 @@
-"""The `sluice` command line."""
+"""The `sluice` command line.
+
+Each command builds its Settings once, from SLUICE_* variables and the flags it was given
+(``Settings(**flags)``), and passes them down. A command's modules are imported only when it runs:
+the benchmarks and the predictor commands are mounted by name (``LazyGroup``).
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -10,32 +16,31 @@ import time
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
-from sluice.config import get_settings
+from core.settings import Settings
 
 log = logging.getLogger("sluice")
+
+SCALER_POLICIES = ["chiron", "static", "static_peak", "utilization", "queue"]
 
 
 def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def override_settings(**values) -> None:
-    """Flags win over SLUICE_* variables; written to the environment so child processes see them too."""
-    for name, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, (list, tuple, dict)):
-            value = json.dumps(list(value) if isinstance(value, tuple) else value)
-        os.environ[f"SLUICE_{name.upper()}"] = str(value)
-    get_settings.cache_clear()
+def build_settings(**flags) -> Settings:
+    """Settings from SLUICE_* variables, with the flags that were given (not None) on top."""
+    try:
+        return Settings(**{name: value for name, value in flags.items() if value is not None})
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid settings: {exc}") from None
 
 
-def ensure_model() -> Path:
+def ensure_model(settings: Settings) -> Path:
     """The model directory to serve; builds the default model on first use."""
     from sluice.model_init import build_default_model, is_model_dir
 
-    settings = get_settings()
     if settings.model is not None:
         if not is_model_dir(settings.model):
             raise click.ClickException(f"{settings.model} is not a Hugging Face model directory (no config.json/tokenizer)")
@@ -46,7 +51,28 @@ def ensure_model() -> Path:
     return settings.model_dir
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported when invoked (click's documented pattern):
+    ``lazy_subcommands`` maps a name to "module.attribute" of a click command."""
+
+    def __init__(self, *args, lazy_subcommands: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_subcommands = lazy_subcommands or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy_subcommands])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy_subcommands:
+            module_name, attribute = self.lazy_subcommands[cmd_name].rsplit(".", 1)
+            command = getattr(importlib.import_module(module_name), attribute)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{self.lazy_subcommands[cmd_name]} is not a click command")
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, lazy_subcommands={"predictor": "predictor.cli.predictor_group"})
 @click.option("--log-level", default="INFO", show_default=True)
 def main(log_level: str) -> None:
     """Sluice: an SLO-aware request queue and autoscaler for LLM serving."""
@@ -66,7 +92,7 @@ def model_init(out: Path | None, force: bool) -> None:
     """Write the default random-weight tiny Llama with the Mistral-7B v0.1 tokenizer."""
     from sluice.model_init import build_default_model
 
-    path = build_default_model(out or get_settings().model_dir, force=force)
+    path = build_default_model(out or build_settings().model_dir, force=force)
     click.echo(str(path))
 
 
@@ -79,9 +105,8 @@ def api(host, port, model_path) -> None:
     """The OpenAI-compatible HTTP API."""
     import uvicorn
 
-    override_settings(api_host=host, api_port=port, model=model_path)
-    ensure_model()
-    settings = get_settings()
+    settings = build_settings(api_host=host, api_port=port, model=model_path)
+    ensure_model(settings)
     settings.require_redis_url()
     from api.app import create_api
 
@@ -94,21 +119,21 @@ def api(host, port, model_path) -> None:
 @main.command()
 @click.option("--lanes", default=None, help="Comma-separated lanes to consume, in priority order.")
 @click.option("--pool", type=click.Choice(["interactive", "batch", "mixed"]), default=None)
-@click.option("--batch-size", type=int, default=None, help="Initial admission limit.")
-@click.option("--max-batch-size", type=int, default=None)
+@click.option("--admission-limit", type=int, default=None, help="Initial admission limit: requests run at once.")
+@click.option("--max-admission-limit", type=int, default=None, help="Upper bound of the admission limit.")
 @click.option("--batching-mode", type=click.Choice(["continuous", "dynamic", "none"]), default=None)
 @click.option("--worker-id", default=None)
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None, help="Local HF model directory.")
-def worker(lanes, pool, batch_size, max_batch_size, batching_mode, worker_id, model_path) -> None:
+def worker(lanes, pool, admission_limit, max_admission_limit, batching_mode, worker_id, model_path) -> None:
     """A Celery worker owning one vLLM engine."""
-    override_settings(
-        worker_lanes=lanes.split(",") if lanes else None, worker_pool=pool, batch_size=batch_size,
-        max_batch_size=max_batch_size, batching_mode=batching_mode, worker_id=worker_id, model=model_path,
+    settings = build_settings(
+        worker_lanes=lanes.split(",") if lanes else None, worker_pool=pool, admission_limit=admission_limit,
+        max_admission_limit=max_admission_limit, batching_mode=batching_mode, worker_id=worker_id, model=model_path,
     )
-    ensure_model()
+    ensure_model(settings)
     from workers.main import run_worker
 
-    run_worker(get_settings())
+    run_worker(settings)
 
 
 @main.command()
@@ -116,16 +141,19 @@ def worker(lanes, pool, batch_size, max_batch_size, batching_mode, worker_id, mo
 @click.option("--address", default=None, help="Bind address (SLUICE_FLOWER_ADDRESS, default 127.0.0.1).")
 def flower(port, address) -> None:
     """Flower, watching the same broker."""
-    override_settings(flower_port=port, flower_address=address)
-    settings = get_settings()
+    from broker.celery_app import create_app
+
+    settings = build_settings(flower_port=port, flower_address=address)
     settings.require_redis_url()
-    args = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower",
-            f"--port={settings.flower_port}", f"--address={settings.flower_address}"]
     # On loopback (the default) Flower's JSON API, used by ops scripts and the tests, needs no login;
-    # bound anywhere else it keeps Flower's default (authentication required for the API).
+    # bound anywhere else it keeps Flower's default (authentication required for the API). Flower reads
+    # this variable of its own process on every API request.
     if settings.flower_address in ("127.0.0.1", "localhost", "::1"):
         os.environ.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
-    os.execv(sys.executable, args)
+    # Celery's own command line with this app (Flower is a celery subcommand); SIGINT/SIGTERM stop it quietly.
+    status = create_app(settings).start(["flower", f"--port={settings.flower_port}",
+                                         f"--address={settings.flower_address}"])
+    sys.exit(status or 0)
 
 
 @main.command()
@@ -134,41 +162,18 @@ def flower(port, address) -> None:
 @click.option("--workers", "worker_count", type=int, default=1, show_default=True, help="vLLM workers to start.")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None, help="Local HF model directory.")
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
-@click.option("--scaler", "scaler_policy", type=click.Choice(["chiron", "static", "static_peak", "utilization", "queue"]),
-              default=None, help="Run the autoscaler with this policy; it starts and stops the workers (local actuator).")
+@click.option("--scaler", "scaler_policy", type=click.Choice(SCALER_POLICIES), default=None,
+              help="Run the autoscaler with this policy; it starts and stops the workers (local actuator).")
 def run(port, flower_port, worker_count, model_path, no_flower, scaler_policy) -> None:
     """Start Sluice in the foreground: Redis (or embedded Valkey), API, worker(s), Flower. Ctrl-C stops all."""
-    from sluice.runner import ProcessGroup, sluice_command
+    from sluice.runner import RunPlan, StopRequest, run_foreground
 
-    override_settings(api_port=port, flower_port=flower_port, model=model_path)
-    ensure_model()
-    settings = get_settings()
-    valkey = None
-    if not settings.redis_url:
-        from sluice.embedded_redis import start_embedded_valkey
-
-        valkey = start_embedded_valkey(settings.data_dir / "valkey")
-        override_settings(redis_url=valkey.connection_url + "/0")
-        settings = get_settings()
-    log.info("Redis at %s", settings.redis_url)
-    group = ProcessGroup(env=dict(os.environ))
-    status = 1
-    try:
-        group.start("api", sluice_command("api"))
-        if scaler_policy:
-            group.start("scaler", sluice_command("scaler", "run", "--policy", scaler_policy, "--actuator", "local"))
-        else:
-            for index in range(worker_count):
-                group.start(f"worker-{index}", sluice_command("worker"))
-        if not no_flower:
-            group.start("flower", sluice_command("flower"))
-        log.info("Sluice: API http://%s:%d  Flower http://127.0.0.1:%d  (Ctrl-C stops everything)",
-                 settings.api_host, settings.api_port, settings.flower_port)
-        status = group.wait()
-    finally:
-        group.stop()
-        if valkey is not None:
-            valkey.stop()
+    # From here a Ctrl-C only asks to stop: the runner stops what it started, in order, and exits 0.
+    stop = StopRequest()
+    settings = build_settings(api_port=port, flower_port=flower_port, model=model_path)
+    ensure_model(settings)
+    status = 0 if stop else run_foreground(
+        settings, RunPlan(worker_count=worker_count, scaler_policy=scaler_policy, flower=not no_flower), stop)
     sys.exit(status)
 
 
@@ -179,31 +184,34 @@ def scaler() -> None:
 
 
 @scaler.command("run")
-@click.option("--policy", type=click.Choice(["chiron", "static", "static_peak", "utilization", "queue"]), default=None)
+@click.option("--policy", type=click.Choice(SCALER_POLICIES), default=None)
 @click.option("--actuator", type=click.Choice(["local", "docker", "kubernetes"]), default=None)
 def scaler_run(policy, actuator) -> None:
-    """Observe queues and workers; set batch sizes and instance counts."""
+    """Observe queues and workers; set admission limits and instance counts."""
     import signal
     import threading
 
+    from broker.celery_app import create_app
+    from core.redis_clients import sync_client
     from scaler.actuators import make_actuator
     from scaler.service import ScalerService
-    from sluice.redis_clients import sync_client
-    from workers.celery_app import create_app
 
-    override_settings(scaler_policy=policy, scaler_actuator=actuator)
-    settings = get_settings()
-    client = sync_client(settings.require_redis_url())
-    options = {"redis": client}
-    if settings.scaler_actuator == "local":
-        ensure_model()
-        options["log_dir"] = settings.data_dir / "logs" / "workers"
-    act = make_actuator(settings.scaler_actuator, **options)
-    service = ScalerService(client, create_app(settings), act, settings.scaler_policy, settings.scaler,
-                            settings.scaler.slo.itl_s)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    settings = build_settings(scaler_policy=policy, scaler_actuator=actuator)
+    client = sync_client(settings.require_redis_url())
+    options = {"redis": client}
+    if settings.scaler_actuator == "local":
+        from sluice.runner import child_env
+
+        ensure_model(settings)
+        # The workers it starts get this process's settings (and watch the same Redis).
+        options.update(redis_url=settings.redis_url, env=child_env(settings),
+                       log_dir=settings.data_dir / "logs" / "workers")
+    act = make_actuator(settings.scaler_actuator, **options)
+    service = ScalerService(client, create_app(settings), act, settings.scaler_policy, settings.scaler,
+                            settings.scaler.slo.itl_s)
     try:
         service.run(stop)
     finally:
@@ -216,10 +224,10 @@ def scaler_run(policy, actuator) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def scaler_status(limit, as_json) -> None:
     """Workers, action counters and the latest decisions with their reasons."""
+    from core.redis_clients import sync_client
     from scaler.service import describe_status
-    from sluice.redis_clients import sync_client
 
-    status = describe_status(sync_client(get_settings().require_redis_url()), limit)
+    status = describe_status(sync_client(build_settings().require_redis_url()), limit)
     if as_json:
         click.echo(json.dumps(status, indent=2))
         return
@@ -231,28 +239,20 @@ def scaler_status(limit, as_json) -> None:
         when = time.strftime("%H:%M:%S", time.localtime(entry["at"]))
         target = entry.get("worker") or entry.get("pool")
         click.echo(f"  {when} {entry['kind']} {target}: {entry.get('from')} -> {entry.get('to')}: {entry['reason']}")
+        for step, why in ((entry.get("inputs") or {}).get("steps") or {}).items():  # chiron: how it got there
+            click.echo(f"      {step}: {why}")
 
 
 # --- bench -------------------------------------------------------------------------
-@main.group()
+@main.group(cls=LazyGroup, lazy_subcommands={
+    "broker": "bench.broker_bench.broker_command",
+    "ssjf": "bench.ssjf.ssjf_command",
+    "cluster": "bench.cluster.cluster_command",
+    "scale": "bench.scale.scale_command",
+})
 def bench() -> None:
     """Benchmarks (results are ratios measured side by side in one run)."""
 
-
-def _mount_subcommands() -> None:
-    from bench.broker_bench import broker_command
-    from bench.cluster import cluster_command
-    from bench.scale import scale_command
-    from bench.ssjf import ssjf_command
-    from predictor.cli import predictor_group
-
-    for name, command in (("broker", broker_command), ("ssjf", ssjf_command), ("cluster", cluster_command),
-                          ("scale", scale_command)):
-        bench.add_command(command, name)
-    main.add_command(predictor_group, "predictor")
-
-
-_mount_subcommands()
 
 if __name__ == "__main__":
     main()

@@ -1,75 +1,107 @@
-"""`sluice run`: start every Sluice process in the foreground and stop them all together."""
+"""`sluice run`: start every Sluice process in the foreground and stop them all together.
+
+Every child, the embedded Valkey included, runs in its own session (core.processes), so a Ctrl-C in
+the terminal reaches only this process. It then stops the children one after another in the reverse
+of their start order: the API (no new requests), the workers or the scaler (in-flight requests
+finish), Flower, and the embedded Valkey last, once nothing talks to it any more.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
+
+from core.embedded_valkey import EmbeddedValkey, start_embedded_valkey
+from core.processes import Child, sluice_argv
+from core.settings import Settings, settings_env
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen
+@dataclass(frozen=True)
+class RunPlan:
+    worker_count: int = 1
+    scaler_policy: str | None = None  # set: the scaler starts and stops the workers (local actuator)
+    flower: bool = True
 
 
-def sluice_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sluice.cli", *args]
+def child_commands(plan: RunPlan) -> list[tuple[str, list[str]]]:
+    """(name, `sluice` arguments) in start order; they stop in the reverse order."""
+    commands = [("flower", ["flower"])] if plan.flower else []
+    if plan.scaler_policy:
+        commands.append(("scaler", ["scaler", "run", "--policy", plan.scaler_policy, "--actuator", "local"]))
+    else:
+        commands += [(f"worker-{index}", ["worker"]) for index in range(plan.worker_count)]
+    commands.append(("api", ["api"]))
+    return commands
 
 
-class ProcessGroup:
-    """Children started in their own sessions so Ctrl-C reaches them only through us, in order."""
+def child_env(settings: Settings) -> dict[str, str]:
+    """This process's environment without its SLUICE_* variables, plus the settings as variables."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SLUICE_")}
+    env.update(settings_env(settings))
+    return env
 
-    def __init__(self, env: dict[str, str]):
-        self.env = env
-        self.children: list[Child] = []
 
-    def start(self, name: str, command: list[str]) -> Child:
-        log.info("starting %s: %s", name, " ".join(command))
-        process = subprocess.Popen(command, env=self.env, start_new_session=True)
-        child = Child(name, process)
-        self.children.append(child)
-        return child
+class StopRequest:
+    """SIGINT/SIGTERM set a flag; the runner looks at it between steps (a signal interrupts nothing)."""
 
-    def first_exited(self) -> Child | None:
-        return next((child for child in self.children if child.process.poll() is not None), None)
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        # Reverse start order: the API stops taking requests before workers drain theirs.
-        for child in reversed(self.children):
-            if child.process.poll() is None:
-                log.info("stopping %s (pid %d)", child.name, child.process.pid)
-                os.killpg(child.process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        for child in reversed(self.children):
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                child.process.wait(remaining)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in time; killing it", child.name)
-                os.killpg(child.process.pid, signal.SIGKILL)
-                child.process.wait()
+    def _on_signal(self, signum: int, _frame) -> None:
+        if self.signum is None:
+            log.info("received %s; stopping", signal.Signals(signum).name)
+        self.signum = signum
 
-    def wait(self) -> int:
-        """Block until Ctrl-C/SIGTERM or a child exits; return the exit status for `sluice run`."""
-        stopping = {"signal": None}
+    def __bool__(self) -> bool:
+        return self.signum is not None
 
-        def on_signal(signum, _frame):
-            stopping["signal"] = signum
 
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        while stopping["signal"] is None:
-            exited = self.first_exited()
-            if exited is not None:
-                log.error("%s exited with status %s; stopping the rest", exited.name, exited.process.returncode)
-                return 1
-            time.sleep(0.5)
-        log.info("received %s; stopping", signal.Signals(stopping["signal"]).name)
-        return 0
+def run_foreground(settings: Settings, plan: RunPlan, stop: StopRequest) -> int:
+    """Start Valkey (unless settings name a Redis) and the children; supervise them until ``stop`` or
+    one exits; stop them all. Returns the exit status of `sluice run`: 0 when stopped by a signal."""
+    valkey: EmbeddedValkey | None = None
+    children: list[Child] = []
+    status = 0
+    try:
+        if not settings.redis_url:
+            valkey = start_embedded_valkey(settings.data_dir / "valkey")
+            settings = settings.model_copy(update={"redis_url": valkey.connection_url + "/0"})
+        log.info("Redis at %s", settings.redis_url)
+        env = child_env(settings)
+        for name, args in child_commands(plan):
+            if stop:
+                break
+            argv = sluice_argv(*args)
+            log.info("starting %s: %s", name, " ".join(argv))
+            children.append(Child(name, argv, env=env))
+        if not stop:
+            log.info("Sluice: API http://%s:%d%s  (Ctrl-C stops everything)", settings.api_host, settings.api_port,
+                     f"  Flower http://{settings.flower_address}:{settings.flower_port}" if plan.flower else "")
+        status = supervise(children + ([valkey.child] if valkey else []), stop)
+    finally:
+        for child in reversed(children):
+            if child.alive():
+                log.info("stopping %s (pid %d)", child.name, child.pid)
+            child.stop(timeout=30.0)
+        if valkey is not None:
+            log.info("stopping the embedded Valkey")
+            valkey.stop()
+    return status
+
+
+def supervise(children: list[Child], stop: StopRequest, interval_s: float = 0.5) -> int:
+    """Block until ``stop`` (0) or a child exits (1)."""
+    while not stop:
+        exited = next((child for child in children if not child.alive()), None)
+        if exited is not None:
+            log.error("%s exited with status %s; stopping the rest", exited.name, exited.returncode)
+            return 1
+        time.sleep(interval_s)
+    return 0

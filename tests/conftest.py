@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,14 +11,12 @@ from pathlib import Path
 import pytest
 import redis
 
+from core.processes import Child, free_port, sluice_argv
+
+__all__ = ["MACHINE_REDIS_URL", "Process", "free_port", "redis_reachable", "wait_until"]
+
 ROOT = Path(__file__).resolve().parent.parent
 MACHINE_REDIS_URL = os.environ.get("SLUICE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def redis_reachable(url: str) -> bool:
@@ -34,7 +28,7 @@ def redis_reachable(url: str) -> bool:
 
 @pytest.fixture(scope="session")
 def embedded_valkey_url():
-    from sluice.embedded_redis import start_embedded_valkey
+    from core.embedded_valkey import start_embedded_valkey
 
     data_dir = Path(tempfile.mkdtemp(prefix="sluice-valkey-"))
     server = start_embedded_valkey(data_dir)
@@ -70,59 +64,15 @@ def model_dir():
     return build_default_model(target)
 
 
-class Process:
-    """A `sluice` subprocess with its output in a log file, stopped (and reaped) at teardown."""
+class Process(Child):
+    """A `sluice` subprocess (core.processes.Child) logging to ``<log_dir>/<name>.log``, stopped at teardown."""
 
     def __init__(self, name: str, args: list[str], env: dict, log_dir: Path):
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self.log_file = open(self.log_path, "wb")
-        self.popen = subprocess.Popen([sys.executable, "-m", "sluice.cli", *args], env=env, cwd=ROOT,
-                                      stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        super().__init__(name, sluice_argv(*args), env=env, log_path=log_dir / f"{name}.log", cwd=ROOT)
 
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def log_tail(self, lines: int = 40) -> str:
-        self.log_file.flush()
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def descendants(self) -> list:
-        import psutil
-
-        try:
-            return psutil.Process(self.popen.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-
-    def signal_group(self, signum) -> None:
-        # vLLM's engine processes outlive a SIGKILLed parent; remember them so stop() can reap them.
-        self._known_descendants = getattr(self, "_known_descendants", []) + self.descendants()
-        try:
-            os.killpg(self.popen.pid, signum)
-        except ProcessLookupError:
-            pass
-
-    def stop(self, timeout: float = 30) -> None:
-        import psutil
-
-        if self.alive():
-            self.signal_group(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.signal_group(signal.SIGKILL)
-                self.popen.wait()
-        for leftover in getattr(self, "_known_descendants", []):
-            try:
-                leftover.kill()
-            except psutil.NoSuchProcess:
-                pass
-        self.log_file.close()
+    def stop(self, timeout: float = 30) -> int:
+        # The whole group at once: a test's teardown need not wait for a worker to finish its requests.
+        return super().stop(timeout, whole_group=True)
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.2, process: Process | None = None):

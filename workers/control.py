@@ -1,7 +1,10 @@
-"""Remote control: the admission limit (batch size) moves at run time by a Celery control message.
+"""Remote control of a worker's admission limit, which the local autoscaler moves at run time:
 
-    app.control.broadcast("sluice_set_batch_size", arguments={"batch_size": 8},
+    app.control.broadcast("sluice_set_admission_limit", arguments={"limit": 8},
                           destination=[worker_id], reply=True)
+
+replies ``{"ok": <the limit applied, clamped to [1, max_admission_limit]>}``.  Control commands run on
+the Celery consumer's thread (the main thread); the runtime is the one ``run_worker`` put on the app.
 """
 
 from __future__ import annotations
@@ -9,23 +12,28 @@ from __future__ import annotations
 from celery import bootsteps
 from celery.worker.control import control_command
 
-from workers import tasks
-
-SET_BATCH_SIZE = "sluice_set_batch_size"
+from core.names import SET_ADMISSION_LIMIT
 
 
-@control_command(args=[("batch_size", int)], signature="<batch_size>")
-def sluice_set_batch_size(state, batch_size):
-    if tasks._runtime is None:
+def runtime_of(app):
+    """The worker runtime ``run_worker`` attached to this Celery app; None in a process without an engine."""
+    return getattr(app, "sluice_runtime", None)
+
+
+@control_command(name=SET_ADMISSION_LIMIT, args=[("limit", int)], signature="<limit>")
+def set_admission_limit(state, limit):
+    runtime = runtime_of(state.app)
+    if runtime is None:
         return {"error": "no engine in this worker"}
-    return {"ok": tasks._runtime.set_admission_limit(batch_size)}
+    return {"ok": runtime.admission.set_limit(limit)}
 
 
-class AdmissionLimit(bootsteps.StartStopStep):
-    """Applies the runtime's admission limit to the consumer's prefetch once it exists."""
+class AttachConsumer(bootsteps.StartStopStep):
+    """Applies the runtime's admission limit to the consumer's prefetch once the consumer exists."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def start(self, consumer):
-        if tasks._runtime is not None:
-            tasks._runtime.attach_consumer(consumer)
+        runtime = runtime_of(consumer.app)
+        if runtime is not None:
+            runtime.admission.attach_consumer(consumer)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import redis.asyncio as aioredis
@@ -10,12 +9,11 @@ from vllm import SamplingParams
 from vllm.inputs import TokensPrompt
 from vllm.sampling_params import RequestOutputKind
 
-from broker import keys
 from broker.messages import GenerationRequest, RequestTimings
+from broker.request_events import publish
 
 # vLLM's priority scheduler serves lower values first.
 VLLM_PRIORITY = {"interactive": 0, "batch": 1}
-EVENTS_TTL_S = 3600
 
 
 def sampling_params(request: GenerationRequest) -> SamplingParams:
@@ -29,14 +27,6 @@ def sampling_params(request: GenerationRequest) -> SamplingParams:
         ignore_eos=options.ignore_eos,
         output_kind=RequestOutputKind.DELTA,
     )
-
-
-async def publish(client: aioredis.Redis, request_id: str, event: dict) -> None:
-    key = keys.request_events_key(request_id)
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.xadd(key, {"event": json.dumps(event)})
-        pipe.expire(key, EVENTS_TTL_S)
-        await pipe.execute()
 
 
 async def generate_and_stream(engine, client: aioredis.Redis, request: GenerationRequest, *, attempt: int,

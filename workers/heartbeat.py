@@ -1,4 +1,10 @@
-"""The worker's heartbeat: its engine state in Redis, with a TTL that marks it dead when it stops."""
+"""The worker's heartbeat thread: its state in Redis every ``heartbeat_interval_s``, with a TTL that marks
+it dead when it stops (the record: :class:`broker.heartbeat.WorkerHeartbeat`).
+
+The same thread sweeps for dead workers and puts their requests back in their lanes.  From the moment the
+worker stops consuming (Celery's warm shutdown, which is how every actuator drains a worker: SIGTERM) until
+it exits, the heartbeat says ``draining``; the scaler then no longer counts the worker as serving.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import time
 
 import redis
 
-from broker import keys
+from broker.heartbeat import retire_heartbeat, write_heartbeat
 from broker.redelivery import redeliver_from_dead_workers
 
 log = logging.getLogger(__name__)
@@ -18,30 +24,43 @@ LATE_WARNING_S = 1.0
 class Heartbeat:
     def __init__(self, client: redis.Redis, runtime, interval_s: float, ttl_s: float):
         self.client = client
-        self.runtime = runtime
+        self.runtime = runtime  # workers.runtime.WorkerRuntime
         self.interval_s = interval_s
-        self.ttl_ms = int(ttl_s * 1000)
-        self._stop = threading.Event()
+        self.ttl_s = ttl_s
+        # Set once, by drain() (from a signal handler on the main thread); read by the heartbeat thread.
+        self.draining = False
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sluice-heartbeat", daemon=True)
 
     def beat(self) -> None:
-        fields = self.runtime.heartbeat_fields()
-        key = keys.worker_key(self.runtime.worker_id)
-        with self.client.pipeline() as pipe:
-            pipe.hset(key, mapping={name: str(value) for name, value in fields.items()})
-            pipe.pexpire(key, self.ttl_ms)
-            pipe.zadd(keys.WORKERS, {self.runtime.worker_id: fields["updated_at"]})
-            pipe.execute()
+        write_heartbeat(self.client, self.runtime.heartbeat(draining=self.draining), self.ttl_s)
+
+    def drain(self) -> None:
+        """The worker stopped consuming and exits once its requests finish: say so at the next beat, now.
+
+        Called from Celery's ``worker_shutting_down`` signal, i.e. inside a signal handler on the main
+        thread: no I/O here (the main thread may be in the middle of a Redis call), only a flag and a wake-up.
+        Not once stopping: the main thread may then be inside ``self._wake.set()`` itself (its lock is not
+        re-entrant).
+        """
+        self.draining = True
+        if not self._stopped.is_set():
+            self._wake.set()
 
     def _run(self) -> None:
         last = time.monotonic()
-        while not self._stop.wait(self.interval_s):
+        while not self._stopped.is_set():
+            woken = self._wake.wait(self.interval_s)
+            self._wake.clear()
+            if self._stopped.is_set():
+                return
             now = time.monotonic()
-            if now - last > self.interval_s + LATE_WARNING_S:
+            if not woken and now - last > self.interval_s + LATE_WARNING_S:
                 # A late beat explains a later "declared dead while alive"; the usual cause is a
                 # starved host (CPU) or a thread holding the GIL.
                 log.warning("heartbeat %.1fs late (TTL %.1fs): this process was not scheduled",
-                            now - last - self.interval_s, self.ttl_ms / 1000)
+                            now - last - self.interval_s, self.ttl_s)
             last = now
             try:
                 self.beat()
@@ -55,9 +74,11 @@ class Heartbeat:
         self.beat()
         self._thread.start()
 
-    def stop(self, *, retire: bool = True) -> None:
-        self._stop.set()
-        if retire:
-            # A clean exit leaves no heartbeat behind, so nobody mistakes it for a live worker.
-            self.client.delete(keys.worker_key(self.runtime.worker_id))
-            self.client.zrem(keys.WORKERS, self.runtime.worker_id)
+    def stop(self) -> None:
+        """Stop beating and retire the heartbeat: a clean exit leaves none behind, so nobody mistakes it
+        for a live worker."""
+        self._stopped.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)  # a beat in progress must not write the key again after retiring it
+        retire_heartbeat(self.client, self.runtime.worker_id)

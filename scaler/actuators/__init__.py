@@ -14,10 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import (
-    POOL_LANES, ActuationResult, Actuator, InstanceInfo, PoolCount, apply_decision, choose_to_drain,
-    clamp_target, drain_order, plan_scale,
-)
+from .base import ActuationResult, Actuator, InstanceInfo, choose_to_drain, clamp_target, drain_order, plan_scale
 
 KINDS = ("local", "docker", "kubernetes")
 
@@ -43,6 +40,6 @@ def make_actuator(kind: str = "local", **options: Any) -> Actuator:
 
 
 __all__ = [
-    "KINDS", "POOL_LANES", "ActuationResult", "Actuator", "InstanceInfo", "PoolCount", "apply_decision",
-    "choose_to_drain", "clamp_target", "drain_order", "make_actuator", "plan_scale",
+    "KINDS", "ActuationResult", "Actuator", "InstanceInfo", "choose_to_drain", "clamp_target", "drain_order",
+    "make_actuator", "plan_scale",
 ]

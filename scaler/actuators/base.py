@@ -9,19 +9,12 @@ kills a worker mid-request; the only forced stop is a timeout the operator confi
 from __future__ import annotations
 
 import math
-import socket
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Mapping, Protocol, runtime_checkable
+from typing import Iterable, Literal, Protocol, runtime_checkable
 
-from broker import keys
-from scaler.state import PoolCount
-
-# Pool -> lanes its workers consume, in priority order.
-POOL_LANES: dict[str, tuple[str, ...]] = {
-    "interactive": ("interactive",),
-    "batch": ("batch",),
-    "mixed": ("interactive", "batch"),
-}
+from broker.heartbeat import WorkerHeartbeat
+from core.names import POOL_LANES
+from scaler.state import PoolObservation
 
 InstanceState = Literal["starting", "ready", "draining"]
 
@@ -38,6 +31,16 @@ class InstanceInfo:
     admission_limit: int | None = None
     started_at: float | None = None  # when the actuator launched it (or the runtime reports it)
 
+    @classmethod
+    def of(cls, instance_id: str, pool: str, state: InstanceState, beat: WorkerHeartbeat | None,
+           worker_id: str | None = None, started_at: float | None = None) -> "InstanceInfo":
+        """An instance with its load from its heartbeat (``None``: no heartbeat yet). A worker whose
+        heartbeat says it drains is draining, whoever told it to."""
+        if beat is None:
+            return cls(instance_id, pool, state, worker_id, started_at=started_at)
+        return cls(instance_id, pool, "draining" if beat.draining else state, worker_id or beat.worker_id,
+                   beat.inflight, beat.admission_limit, started_at)
+
 
 @dataclass(frozen=True)
 class ActuationResult:
@@ -46,7 +49,7 @@ class ActuationResult:
     pool: str
     requested: int  # target as asked
     target: int  # target after clamping
-    before: PoolCount
+    before: PoolObservation
     started: tuple[str, ...] = ()
     drained: tuple[str, ...] = ()  # instances signalled to drain by this call
     pending: int = 0
@@ -75,18 +78,13 @@ class Actuator(Protocol):
     """Sets pool sizes. ``scale`` is idempotent: calling it again with the same target does nothing
     once the pool has that many ready + starting instances."""
 
-    def current(self, pool: str) -> PoolCount: ...
+    def current(self, pool: str) -> PoolObservation: ...
 
     def instances(self, pool: str) -> list[InstanceInfo]: ...
 
     def scale(self, pool: str, target: int) -> ActuationResult: ...
 
     def close(self) -> None: ...
-
-
-def apply_decision(actuator: Actuator, decision) -> ActuationResult:
-    """Carry out a :class:`~scaler.decision.ScaleDecision` (holds included: scale is idempotent)."""
-    return actuator.scale(decision.pool, decision.target)
 
 
 # --- pure helpers --------------------------------------------------------------------------------
@@ -113,43 +111,6 @@ def clamp_target(target: int, maximum: int | None = None, minimum: int = 0) -> i
     return value
 
 
-def worker_id_for(pool: str, index: int, host: str | None = None) -> str:
-    return f"sluice-{pool}-{index}@{host or socket.gethostname()}"
-
-
-def _to_int(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        value = value.decode()
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return None
-
-
-def parse_heartbeat(raw: Mapping) -> dict[str, Any]:
-    """A heartbeat hash (bytes or str keys/values) as a dict with ``inflight``/``admission_limit`` ints."""
-    fields = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-              for k, v in raw.items()}
-    for name in ("inflight", "admission_limit", "running", "waiting"):
-        if name in fields:
-            fields[name] = _to_int(fields[name])
-    return fields
-
-
-def read_heartbeats(client, worker_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Heartbeats of the given workers that exist now (missing/expired ones are left out)."""
-    worker_ids = list(worker_ids)
-    if client is None or not worker_ids:
-        return {}
-    with client.pipeline(transaction=False) as pipe:
-        for worker_id in worker_ids:
-            pipe.hgetall(keys.worker_key(worker_id))
-        replies = pipe.execute()
-    return {worker_id: parse_heartbeat(raw) for worker_id, raw in zip(worker_ids, replies) if raw}
-
-
 def drain_order(instances: Iterable[InstanceInfo]) -> list[InstanceInfo]:
     """Candidates for scale-in, best first: instances still starting (they serve nothing; the newest
     first), then ready ones with the fewest in-flight requests (ties: the youngest first, so the
@@ -172,10 +133,10 @@ def choose_to_drain(instances: Iterable[InstanceInfo], count: int) -> list[Insta
     return drain_order(instances)[:count]
 
 
-def count_instances(instances: Iterable[InstanceInfo]) -> PoolCount:
+def count_instances(pool: str, instances: Iterable[InstanceInfo]) -> PoolObservation:
     states = [i.state for i in instances]
-    return PoolCount(ready=states.count("ready"), starting=states.count("starting"),
-                     draining=states.count("draining"))
+    return PoolObservation(pool=pool, ready=states.count("ready"), starting=states.count("starting"),
+                           draining=states.count("draining"))
 
 
 @dataclass
@@ -190,12 +151,13 @@ class ScalePlan:
 
 def plan_scale(instances: list[InstanceInfo], target: int, max_starting: int | None = None) -> ScalePlan:
     """Pure: the actions that bring ``instances`` to ``target`` provisioned (ready + starting)."""
-    count = count_instances(instances)
+    starting = sum(1 for i in instances if i.state == "starting")
+    provisioned = starting + sum(1 for i in instances if i.state == "ready")
     plan = ScalePlan(target=target)
-    if target > count.provisioned:
-        need = target - count.provisioned
-        allowed = need if max_starting is None else max(0, min(need, max_starting - count.starting))
+    if target > provisioned:
+        need = target - provisioned
+        allowed = need if max_starting is None else max(0, min(need, max_starting - starting))
         plan.start, plan.pending = allowed, need - allowed
-    elif target < count.provisioned:
-        plan.drain = choose_to_drain(instances, count.provisioned - target)
+    elif target < provisioned:
+        plan.drain = choose_to_drain(instances, provisioned - target)
     return plan

@@ -19,9 +19,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from broker.heartbeat import read_heartbeats
+from scaler.state import PoolObservation
+
 from .base import (
-    ActuationResult, InstanceInfo, PoolCount, check_pool, clamp_target, count_instances, plan_scale,
-    pool_lanes, read_heartbeats,
+    ActuationResult, InstanceInfo, check_pool, clamp_target, count_instances, plan_scale, pool_lanes,
 )
 
 log = logging.getLogger(__name__)
@@ -169,7 +171,7 @@ class DockerActuator:
         self.config = config
         self.client = client if client is not None else docker_client(base_url)
         if redis is None and config.redis_url:
-            from sluice.redis_clients import sync_client
+            from core.redis_clients import sync_client
 
             redis = sync_client(config.redis_url)
         self.redis = redis
@@ -205,7 +207,7 @@ class DockerActuator:
         with self._lock:
             containers = self._reap(self._containers(pool))
         ids = {c.id: c.labels.get(LABEL_WORKER_ID) for c in containers}
-        beats = read_heartbeats(self.redis, [w for w in ids.values() if w])
+        beats = read_heartbeats(self.redis, [w for w in ids.values() if w]) if self.redis is not None else {}
         result = []
         for container in containers:
             worker_id = ids[container.id]
@@ -216,22 +218,18 @@ class DockerActuator:
                 state = "ready"
             else:
                 state = "starting"
-            result.append(InstanceInfo(
-                instance_id=container.name, pool=pool, state=state, worker_id=worker_id,
-                inflight=beat.get("inflight") if beat else None,
-                admission_limit=beat.get("admission_limit") if beat else None,
-                started_at=None))
+            result.append(InstanceInfo.of(container.name, pool, state, beat, worker_id=worker_id))
         return result
 
-    def current(self, pool: str) -> PoolCount:
-        return count_instances(self.instances(pool))
+    def current(self, pool: str) -> PoolObservation:
+        return count_instances(pool, self.instances(pool))
 
     def scale(self, pool: str, target: int) -> ActuationResult:
         check_pool(pool)
         requested, target = target, clamp_target(target, self.config.max_instances)
         with self._lock:
             instances = self.instances(pool)
-            before = count_instances(instances)
+            before = count_instances(pool, instances)
             plan = plan_scale(instances, target, self.config.max_starting)
             started, drained, errors = [], [], []
             if plan.start:

@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from broker import keys
+from broker.heartbeat import WorkerHeartbeat, read_heartbeats
+from scaler.state import PoolObservation
 
-from .base import (
-    ActuationResult, InstanceInfo, PoolCount, check_pool, clamp_target, parse_heartbeat, pool_lanes,
-)
+from .base import ActuationResult, InstanceInfo, check_pool, clamp_target, pool_lanes
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +70,11 @@ def label_selector(match_labels: dict[str, str]) -> str:
     return ",".join(f"{key}={value}" for key, value in sorted(match_labels.items()))
 
 
-def pool_count(desired: int | None, ready: int | None, terminating: int) -> PoolCount:
+def pool_count(pool: str, desired: int | None, ready: int | None, terminating: int) -> PoolObservation:
     """Counts from a Deployment's spec/status and its terminating pods."""
     desired, ready = desired or 0, ready or 0
     ready = min(ready, desired)
-    return PoolCount(ready=ready, starting=desired - ready, draining=terminating)
+    return PoolObservation(pool=pool, ready=ready, starting=desired - ready, draining=terminating)
 
 
 def pod_state(pod: dict) -> str:
@@ -160,7 +159,7 @@ class KubernetesActuator:
         self.apps = k8s_client.AppsV1Api(self.api_client)
         self.core = k8s_client.CoreV1Api(self.api_client)
         if redis is None and config.redis_url:
-            from sluice.redis_clients import sync_client
+            from core.redis_clients import sync_client
 
             redis = sync_client(config.redis_url)
         self.redis = redis
@@ -173,15 +172,10 @@ class KubernetesActuator:
         pods = self.core.list_namespaced_pod(self.config.namespace, label_selector=selector).items
         return [self.api_client.sanitize_for_serialization(p) for p in pods]
 
-    def _heartbeats_by_host(self) -> dict[str, dict]:
+    def _heartbeats_by_host(self) -> dict[str, WorkerHeartbeat]:
         if self.redis is None:
             return {}
-        worker_ids = [w.decode() if isinstance(w, bytes) else w for w in self.redis.zrange(keys.WORKERS, 0, -1)]
-        with self.redis.pipeline(transaction=False) as pipe:
-            for worker_id in worker_ids:
-                pipe.hgetall(keys.worker_key(worker_id))
-            replies = pipe.execute()
-        return {host_of_worker(w): parse_heartbeat(raw) | {"worker_id": w} for w, raw in zip(worker_ids, replies) if raw}
+        return {host_of_worker(worker_id): beat for worker_id, beat in read_heartbeats(self.redis).items()}
 
     def instances(self, pool: str) -> list[InstanceInfo]:
         check_pool(pool)
@@ -193,19 +187,14 @@ class KubernetesActuator:
             metadata = pod.get("metadata") or {}
             view = {"metadata": {"deletion_timestamp": metadata.get("deletionTimestamp")}, "status": pod.get("status")}
             name = metadata.get("name")
-            beat = beats.get(name)
-            result.append(InstanceInfo(
-                instance_id=name, pool=pool, state=pod_state(view),
-                worker_id=beat.get("worker_id") if beat else None,
-                inflight=beat.get("inflight") if beat else None,
-                admission_limit=beat.get("admission_limit") if beat else None))
+            result.append(InstanceInfo.of(name, pool, pod_state(view), beats.get(name)))
         return result
 
-    def current(self, pool: str) -> PoolCount:
+    def current(self, pool: str) -> PoolObservation:
         check_pool(pool)
         deployment = self._deployment(pool)
         terminating = sum(1 for p in self._pods(deployment) if (p.get("metadata") or {}).get("deletionTimestamp"))
-        return pool_count(deployment.spec.replicas, _ready(deployment), terminating)
+        return pool_count(pool, deployment.spec.replicas, _ready(deployment), terminating)
 
     def scale(self, pool: str, target: int) -> ActuationResult:
         check_pool(pool)
@@ -214,7 +203,7 @@ class KubernetesActuator:
         name = deployment.metadata.name
         pods = self._pods(deployment)
         terminating = sum(1 for p in pods if (p.get("metadata") or {}).get("deletionTimestamp"))
-        before = pool_count(deployment.spec.replicas, _ready(deployment), terminating)
+        before = pool_count(pool, deployment.spec.replicas, _ready(deployment), terminating)
         desired = deployment.spec.replicas or 0
         errors = []
         if target == desired:

@@ -17,20 +17,20 @@ import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, IO, Sequence
+from typing import Callable, Sequence
 
-from broker import keys
+from broker.heartbeat import read_heartbeats
+from core import keys
+from core.processes import Child, sluice_argv
+from scaler.state import PoolObservation
 
 from .base import (
-    ActuationResult, InstanceInfo, PoolCount, check_pool, clamp_target, count_instances, plan_scale,
-    pool_lanes, read_heartbeats,
+    ActuationResult, InstanceInfo, check_pool, clamp_target, count_instances, plan_scale, pool_lanes,
 )
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,8 @@ CommandFactory = Callable[[str, str], Sequence[str]]
 def worker_command(pool: str, worker_id: str, extra_args: Sequence[str] = (),
                    python: str | None = None) -> list[str]:
     """The default command: the real Sluice worker for ``pool``."""
-    return [python or sys.executable, "-m", "sluice.cli", "worker", "--pool", pool,
-            "--lanes", ",".join(pool_lanes(pool)), "--worker-id", worker_id, *extra_args]
+    return sluice_argv("worker", "--pool", pool, "--lanes", ",".join(pool_lanes(pool)), "--worker-id", worker_id,
+                       *extra_args, python=python)
 
 
 @dataclass
@@ -50,9 +50,7 @@ class _Worker:
     worker_id: str
     pool: str
     index: int
-    popen: subprocess.Popen
-    log_path: Path
-    log_file: IO[bytes]
+    process: Child
     started_at: float
     draining_since: float | None = None
     killed: bool = False
@@ -73,22 +71,21 @@ class LocalActuator:
                  log_dir: str | Path | None = None, env: dict[str, str] | None = None,
                  drain_timeout_s: float = 300.0, max_instances: int | None = 64, host: str | None = None,
                  cwd: str | Path | None = None):
-        """``redis``: a client for reading heartbeats (or ``redis_url``; default: the settings' URL).
+        """``redis_url``: the Redis the workers it starts use (SLUICE_REDIS_URL in their environment);
+        ``redis``: a client for reading heartbeats (default: one for ``redis_url``). ``env``: the workers'
+        environment (default: this process's).
         ``command_factory(pool, worker_id) -> argv`` replaces the real worker command (tests).
         ``max_starting``: at most this many instances starting at once (None: no cap); a larger
         scale-out reports the rest as ``pending`` and the next ``scale`` call continues it."""
+        if redis_url is None:
+            raise ValueError("the local actuator needs redis_url: the Redis its workers use and it watches")
         if redis is None:
-            from sluice.redis_clients import sync_client
+            from core.redis_clients import sync_client
 
-            if redis_url is None:
-                from sluice.config import get_settings
-
-                redis_url = get_settings().require_redis_url()
             redis = sync_client(redis_url)
         self.redis = redis
         self.env = dict(os.environ if env is None else env)
-        if redis_url is not None:
-            self.env["SLUICE_REDIS_URL"] = redis_url  # the workers use the Redis the actuator watches
+        self.env["SLUICE_REDIS_URL"] = redis_url  # the workers use the Redis the actuator watches
         self.extra_args = tuple(extra_args)
         self.command_factory = command_factory or (lambda pool, wid: worker_command(pool, wid, self.extra_args))
         self.max_starting = max_starting
@@ -110,18 +107,19 @@ class LocalActuator:
         records = []
         with self._lock:
             for worker_id, worker in list(self._workers.items()):
-                code = worker.popen.poll()
+                code = worker.process.returncode
                 if code is None:
                     continue
                 del self._workers[worker_id]
-                worker.log_file.close()
-                self._kill_group(worker, signal.SIGTERM)  # engine children orphaned by a crash
-                record = ExitRecord(worker_id, worker.pool, code, worker.draining_since is not None, worker.log_path)
+                worker.process.signal_group(signal.SIGTERM)  # engine children orphaned by a crash
+                worker.process.reap()
+                record = ExitRecord(worker_id, worker.pool, code, worker.draining_since is not None,
+                                    worker.process.log_path)
                 records.append(record)
                 if record.drained:
                     log.info("worker %s drained and exited (code %s)", worker_id, code)
                 else:
-                    log.warning("worker %s exited unexpectedly (code %s); log: %s", worker_id, code, worker.log_path)
+                    log.warning("worker %s exited unexpectedly (code %s); log: %s", worker_id, code, record.log_path)
             self.exits.extend(records)
         return records
 
@@ -135,19 +133,17 @@ class LocalActuator:
         for worker in workers:
             beat = beats.get(worker.worker_id)
             state = "draining" if worker.draining_since is not None else ("ready" if beat else "starting")
-            result.append(InstanceInfo(
-                instance_id=worker.worker_id, pool=pool, state=state, worker_id=worker.worker_id,
-                inflight=beat.get("inflight") if beat else None,
-                admission_limit=beat.get("admission_limit") if beat else None, started_at=worker.started_at))
+            result.append(InstanceInfo.of(worker.worker_id, pool, state, beat, worker_id=worker.worker_id,
+                                          started_at=worker.started_at))
         return result
 
-    def current(self, pool: str) -> PoolCount:
-        return count_instances(self.instances(pool))
+    def current(self, pool: str) -> PoolObservation:
+        return count_instances(pool, self.instances(pool))
 
     def pid(self, worker_id: str) -> int | None:
         with self._lock:
             worker = self._workers.get(worker_id)
-            return worker.popen.pid if worker else None
+            return worker.process.pid if worker else None
 
     # --- actions ------------------------------------------------------------------------------
     def scale(self, pool: str, target: int) -> ActuationResult:
@@ -158,7 +154,7 @@ class LocalActuator:
         target = clamp_target(target, self.max_instances)
         with self._lock:
             instances = self.instances(pool)
-            before = count_instances(instances)
+            before = count_instances(pool, instances)
             plan = plan_scale(instances, target, self.max_starting)
             started, drained, errors = [], [], []
             for _ in range(plan.start):
@@ -192,34 +188,18 @@ class LocalActuator:
         index, worker_id = self._new_worker_id(pool)
         argv = list(self.command_factory(pool, worker_id))
         log_path = self.log_dir / f"{worker_id.replace('@', '_at_').replace('/', '_')}.log"
-        log_file = open(log_path, "ab")
-        try:
-            popen = subprocess.Popen(argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-                                     stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        except OSError:
-            log_file.close()
-            raise
-        self._workers[worker_id] = _Worker(worker_id, pool, index, popen, log_path, log_file, time.time())
-        log.info("started worker %s (pid %d, pool %s); log: %s", worker_id, popen.pid, pool, log_path)
+        process = Child(worker_id, argv, env=self.env, log_path=log_path, append_log=True, cwd=self.cwd)
+        self._workers[worker_id] = _Worker(worker_id, pool, index, process, time.time())
+        log.info("started worker %s (pid %d, pool %s); log: %s", worker_id, process.pid, pool, log_path)
         return worker_id
 
     def _drain(self, worker: _Worker) -> None:
         if worker.draining_since is not None:
             return
         worker.draining_since = time.time()
-        try:
-            # The main process only: Celery warm shutdown; the engine's children keep serving until it exits.
-            worker.popen.send_signal(signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        log.info("draining worker %s (pid %d)", worker.worker_id, worker.popen.pid)
-
-    @staticmethod
-    def _kill_group(worker: _Worker, signum: int) -> None:
-        try:
-            os.killpg(worker.popen.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
+        # The main process only: Celery warm shutdown; the engine's children keep serving until it exits.
+        worker.process.send_signal(signal.SIGTERM)
+        log.info("draining worker %s (pid %d)", worker.worker_id, worker.process.pid)
 
     def close(self, timeout_s: float | None = None) -> None:
         """Drain every worker this actuator started and wait for them to exit (idempotent)."""
@@ -231,13 +211,10 @@ class LocalActuator:
                 self._drain(worker)
         deadline = time.monotonic() + timeout_s
         for worker in workers:
-            try:
-                worker.popen.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if worker.process.wait(max(0.0, deadline - time.monotonic())) is None:
                 log.error("worker %s did not drain within %.0f s; killing it", worker.worker_id, timeout_s)
                 worker.killed = True
-                self._kill_group(worker, signal.SIGKILL)
-                worker.popen.wait()
+                worker.process.kill()
         self.reap()
 
     def __enter__(self) -> "LocalActuator":

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
-from scaler.config import ScalerConfig
+from core.scaler_config import ScalerConfig
 from scaler.decision import ScaleDecision
 from scaler.state import ClusterSnapshot, WorkerObservation
 
@@ -35,6 +35,23 @@ class Window:
 
     def lasted(self, now: float, seconds: float) -> bool:
         return self.since is not None and now - self.since >= seconds
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Step(Generic[T]):
+    """One named step of a decision chain: the value it computed and why, in words that name its inputs."""
+
+    name: str
+    value: T
+    reason: str
+
+
+def explained(inputs: dict, steps: list[Step]) -> dict:
+    """A decision's inputs with the reasons of the steps that led to it, in order (shown by `sluice scaler status`)."""
+    return {**inputs, "steps": {step.name: step.reason for step in steps}}
 
 
 def clamp(pool: str, target: int, config: ScalerConfig) -> int:

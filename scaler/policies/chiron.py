@@ -3,9 +3,8 @@
 Serving pool: demand-based. Interactive demand is the token arrival rate (prompt + predicted output
 tokens per second, from the lane), planned for its highest value over ``demand_window_s`` plus its
 growth over one cold start (least-squares slope over ``trend_window_s`` times ``cold_start_s``).
-Per-instance capacity is measured: tokens/s a worker serves while saturated (smoothed ITL near the
-SLO, or an interactive queue is waiting so every worker is full), smoothed; a prior stands in until
-then. Required instances = ceil(demand / (capacity * target_utilization)); scale-out goes there in one
+Per-instance capacity is a prior (a load-test figure) or, with ``measure_capacity_online``, the EWMA of
+the tokens/s served by latency-saturated workers (smoothed ITL near the SLO). Required instances = ceil(demand / (capacity * target_utilization)); scale-out goes there in one
 step, scale-in goes to the highest requirement of the last ``scale_in_stabilization_s`` and only once
 per window. A waiting interactive queue past a share of TTFT is a safety net that adds instances for
 the backlog.
@@ -14,6 +13,16 @@ Batch pool: deadline-driven. It grows only when the predicted remaining batch wo
 z * sigma * sqrt(n) margin) cannot finish within the deadline slack on the capacity already there:
 what the mixed pool lends (measured while the batch lane is backlogged) plus batch workers, counting
 the cold start of any new instance.
+
+Each decision is a chain of small pure steps, each returning ``Step(name, value, reason)`` (the reason
+names the inputs it used), in the manner of Ray Serve's autoscaling policy:
+
+  serving: measure_capacity -> demand_window -> demand_trend -> required_instances, then the first of
+           queue_safety_net -> scale_out_target -> scale_in_target that returns a target decides (else hold);
+  batch:   measure_batch_throughput -> measure_lent_throughput -> batch_need -> batch_surplus -> batch_target.
+
+The decision's reason is the deciding step's reason; its ``inputs["steps"]`` holds every evaluated step's
+reason in order, so ``sluice scaler status`` can explain a decision step by step.
 """
 
 from __future__ import annotations
@@ -21,9 +30,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from scaler.config import ScalerConfig
+from core.scaler_config import ScalerConfig
 from scaler.decision import ScaleDecision
-from scaler.policies.base import Window, decision, hold, stale_guard
+from scaler.policies.base import Step, Window, decision, explained, hold, stale_guard
 from scaler.state import ClusterSnapshot, DeadlineGroup
 
 
@@ -43,7 +52,6 @@ class ChironState:
 class BatchNeed:
     instances: int  # batch instances needed (ready + starting + new)
     at_risk: bool
-    reason: str
     inputs: dict
 
 
@@ -75,21 +83,239 @@ def capacity_sample(snapshot: ClusterSnapshot, config: ScalerConfig) -> float | 
     return sum(hot) / len(hot) if hot else None
 
 
-def batch_throughput_estimate(snapshot: ClusterSnapshot, state: ChironState, config: ScalerConfig) -> float:
+def serving_provisioned(snapshot: ClusterSnapshot) -> int:
+    """Serving instances (ready + starting) of both serving pools: requirements count all of them."""
+    return snapshot.pool("interactive").provisioned + snapshot.pool("mixed").provisioned
+
+
+# ---------------------------------------------------------------------------------------------------
+# Serving pool: measure_capacity -> demand_window -> demand_trend -> required_instances, then the first
+# of queue_safety_net -> scale_out_target -> scale_in_target that returns a target decides (else hold).
+# Every step is pure and returns Step(name, value, reason); the reasons become the decision's "steps".
+
+
+@dataclass(frozen=True)
+class Capacity:
+    measured: float | None  # EWMA of saturated samples (kept in the state); None until the first one
+    used: float  # tokens/s per instance the requirement plans with: the measurement, else the prior
+
+
+def measure_capacity(snapshot: ClusterSnapshot, state: ChironState, config: ScalerConfig) -> Step[Capacity]:
+    """Per-instance interactive capacity: EWMA of samples on latency-saturated workers, the prior until then."""
+    cfg = config.chiron
+    sample = capacity_sample(snapshot, config) if cfg.measure_capacity_online else None
+    measured = state.capacity_tokens_per_s
+    if sample is not None and sample > 0:
+        a = cfg.capacity_ewma_alpha
+        measured = sample if measured is None else a * sample + (1 - a) * measured
+        source = f"EWMA (alpha {a:.2f}) of latency-saturated workers, {sample:.0f} this period"
+    elif measured is not None:
+        source = "measured earlier, " + (
+            "no latency-saturated worker this period" if cfg.measure_capacity_online else "online measurement off"
+        )
+    else:
+        source = "the prior, " + (
+            "no latency-saturated worker yet" if cfg.measure_capacity_online else "online measurement off"
+        )
+    used = measured or cfg.interactive_capacity_tokens_per_s_prior
+    return Step("measure_capacity", Capacity(measured, used), f"capacity {used:.0f} tok/s per instance ({source})")
+
+
+@dataclass(frozen=True)
+class DemandWindow:
+    history: tuple[tuple[float, float], ...]  # (time, arrival tokens/s) kept for window and trend; now last
+    arrival: float  # this period's interactive arrival tokens/s
+    peak: float  # highest arrival tokens/s of the last demand_window_s
+
+
+def demand_window(snapshot: ClusterSnapshot, state: ChironState, config: ScalerConfig) -> Step[DemandWindow]:
+    """This period's interactive token arrival rate, and the highest of the last ``demand_window_s``."""
+    cfg = config.chiron
+    now = snapshot.now
+    rate = snapshot.interactive.arrival_tokens_per_s if snapshot.interactive else 0.0
+    keep = max(cfg.demand_window_s, cfg.trend_window_s, cfg.period_s)
+    history = tuple((t, v) for t, v in state.demand if now - t < keep) + ((now, rate),)
+    peak = max(v for t, v in history if now - t < cfg.demand_window_s)
+    reason = f"arrival {rate:.0f} tok/s; peak of the last {cfg.demand_window_s:.0f} s {peak:.0f} tok/s"
+    return Step("demand_window", DemandWindow(history, rate, peak), reason)
+
+
+@dataclass(frozen=True)
+class Trend:
+    slope: float  # tokens/s per second, least squares over trend_window_s; 0 until half a window of history
+    growth: float  # max(0, slope) * cold_start_s: demand added while a new instance starts
+
+
+def demand_trend(snapshot: ClusterSnapshot, window: DemandWindow, config: ScalerConfig) -> Step[Trend]:
+    """Growth of demand over one cold start, from the slope of the last ``trend_window_s``."""
+    cfg = config.chiron
+    points = tuple((t, v) for t, v in window.history if snapshot.now - t < cfg.trend_window_s)
+    span = points[-1][0] - points[0][0]
+    # A slope needs half a window of history (the first periods after start would read as huge growth).
+    if span < cfg.trend_window_s / 2:
+        reason = f"no trend yet: {span:.0f} s of history < {cfg.trend_window_s / 2:.0f} s (half the trend window)"
+        return Step("demand_trend", Trend(0.0, 0.0), reason)
+    slope = slope_per_s(points)
+    growth = max(0.0, slope) * cfg.cold_start_s
+    reason = (
+        f"slope {slope:+.2f} tok/s per s over {span:.0f} s; growth {growth:.0f} tok/s "
+        f"over a {cfg.cold_start_s:.0f}-s cold start"
+    )
+    return Step("demand_trend", Trend(slope, growth), reason)
+
+
+@dataclass(frozen=True)
+class Requirement:
+    demand: float  # planned interactive tokens/s: window peak + growth
+    instances: int  # serving instances that carry it at the target utilization, at least 1
+    history: tuple[tuple[float, int], ...]  # (time, instances) of the last scale_in_stabilization_s; now last
+
+
+def required_instances(
+    snapshot: ClusterSnapshot,
+    state: ChironState,
+    window: DemandWindow,
+    trend: Trend,
+    capacity: Capacity,
+    config: ScalerConfig,
+) -> Step[Requirement]:
+    """ceil(demand / (capacity x target utilization)), at least 1, with demand = window peak + growth."""
+    cfg = config.chiron
+    now = snapshot.now
+    demand = window.peak + trend.growth
+    required = max(1, math.ceil(demand / (capacity.used * cfg.target_utilization)))
+    history = tuple((t, r) for t, r in state.required if now - t < cfg.scale_in_stabilization_s) + ((now, required),)
+    reason = (
+        f"demand {demand:.0f} tok/s (window peak {window.peak:.0f} + growth {trend.growth:.0f}) needs {required} "
+        f"instances at {capacity.used:.0f} tok/s x {cfg.target_utilization:.2f}"
+    )
+    return Step("required_instances", Requirement(demand, required, history), reason)
+
+
+def queue_safety_net(
+    snapshot: ClusterSnapshot, state: ChironState, requirement: Requirement, config: ScalerConfig
+) -> Step[int | None]:
+    """Serving instances for the backlog when the interactive queue waited past a share of TTFT, else None.
+
+    A queue that old means demand or capacity was underestimated; fires at most once per cooldown.
+    """
+    cfg = config.chiron
+    now = snapshot.now
+    lane = snapshot.interactive
+    queued = lane.queued if lane else 0
+    wait = lane.oldest_wait_s if lane else 0.0
+    threshold = f"{cfg.queue_wait_fraction_of_ttft:.2f} x TTFT"
+    if not wait > cfg.queue_wait_fraction_of_ttft * config.slo.ttft_s:
+        return Step("queue_safety_net", None, f"interactive queue waited {wait:.1f} s <= {threshold}: not needed")
+    last = state.last_queue_scale_out
+    if last is not None and now - last < cfg.queue_scale_out_cooldown_s:
+        reason = (
+            f"interactive queue waited {wait:.1f} s > {threshold}, but the safety net fired {now - last:.0f} s ago "
+            f"(cooldown {cfg.queue_scale_out_cooldown_s:.0f} s)"
+        )
+        return Step("queue_safety_net", None, reason)
+    serving = snapshot.workers_in("interactive", "mixed")
+    mean_limit = sum(w.admission_limit for w in serving) / max(1, len(serving))
+    target = max(requirement.instances, serving_provisioned(snapshot) + max(1, math.ceil(queued / max(mean_limit, 1.0))))
+    return Step("queue_safety_net", target, f"interactive queue waited {wait:.1f} s > {threshold}: scale out")
+
+
+def scale_out_target(snapshot: ClusterSnapshot, required: Step[Requirement], config: ScalerConfig) -> Step[int | None]:
+    """The requirement, in one step, when it exceeds the serving instances provisioned; else None."""
+    provisioned = serving_provisioned(snapshot)
+    if required.value.instances > provisioned:
+        return Step("scale_out_target", required.value.instances, f"{required.reason}: scale out")
+    reason = f"{required.value.instances} required <= {provisioned} provisioned: no scale-out"
+    return Step("scale_out_target", None, reason)
+
+
+def scale_in_target(
+    snapshot: ClusterSnapshot, state: ChironState, requirement: Requirement, config: ScalerConfig
+) -> Step[int | None]:
+    """The highest requirement of the last ``scale_in_stabilization_s`` when it is below the serving instances
+    provisioned, the history covers the window, the last scale-in is a window ago and no request waits; else None."""
+    cfg = config.chiron
+    now = snapshot.now
+    window = cfg.scale_in_stabilization_s
+    provisioned = serving_provisioned(snapshot)
+    queued = snapshot.interactive.queued if snapshot.interactive else 0
+    highest = max(r for _, r in requirement.history)
+    covered = now - requirement.history[0][0]
+    last = state.last_scale_in
+    if highest >= provisioned:
+        why = f"requirement reached {highest} in the last {window:.0f} s (>= {provisioned} provisioned)"
+    elif covered < window - cfg.period_s:
+        why = f"requirement known for {covered:.0f} s only (< {window - cfg.period_s:.0f} s)"
+    elif last is not None and now - last < window:
+        why = f"last scale-in {now - last:.0f} s ago (< {window:.0f} s)"
+    elif queued != 0:
+        why = f"{queued} interactive requests queued"
+    else:
+        reason = f"requirement stayed <= {highest} for {window:.0f} s (< {provisioned} provisioned): scale in"
+        return Step("scale_in_target", highest, reason)
+    return Step("scale_in_target", None, f"no scale-in: {why}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batch pool: measure_batch_throughput -> measure_lent_throughput -> batch_need -> batch_surplus ->
+# batch_target.
+
+
+def measure_batch_throughput(snapshot: ClusterSnapshot, state: ChironState, config: ScalerConfig) -> Step[float]:
     """Per-instance batch tokens/s: measured on batch workers running at their limit, else remembered, else the prior."""
     saturated = [
         w.batch_tokens_per_s
         for w in snapshot.workers_in("batch")
-        if w.running_batch >= w.batch_limit and w.batch_tokens_per_s > 0
+        if w.running_batch >= w.admission_limit and w.batch_tokens_per_s > 0
     ]
     if saturated:
-        return sum(saturated) / len(saturated)
-    return state.batch_tokens_per_s or config.chiron.batch_tokens_per_s_prior
+        value = sum(saturated) / len(saturated)
+        source = f"mean of {len(saturated)} batch workers at their limit"
+    elif state.batch_tokens_per_s:
+        value, source = state.batch_tokens_per_s, "measured earlier, no batch worker at its limit now"
+    else:
+        value, source = config.chiron.batch_tokens_per_s_prior, "the prior, not measured yet"
+    return Step("measure_batch_throughput", value, f"batch {value:.0f} tok/s per instance ({source})")
+
+
+@dataclass(frozen=True)
+class Lent:
+    per_worker: float | None  # measured batch tokens/s one mixed worker lends (EWMA, kept in the state)
+    tokens_per_s: float  # what the mixed workers there now lend to the batch lane
+
+
+def measure_lent_throughput(
+    snapshot: ClusterSnapshot, state: ChironState, per_instance: float, config: ScalerConfig
+) -> Step[Lent]:
+    """Batch tokens/s the mixed pool lends: measured while the batch lane is backlogged (then mixed workers
+    lend all they can), else the spare share of each mixed worker at the batch rate."""
+    cfg = config.chiron
+    mixed = snapshot.workers_in("mixed")
+    lane = snapshot.batch
+    per_worker = state.lent_tokens_per_s
+    if lane is not None and lane.queued > 0 and mixed:
+        now_per_worker = sum(w.batch_tokens_per_s for w in mixed) / len(mixed)
+        a = cfg.lent_ewma_alpha
+        per_worker = now_per_worker if per_worker is None else a * now_per_worker + (1 - a) * per_worker
+        source = f"EWMA (alpha {a:.2f}) per mixed worker, {now_per_worker:.0f} this period (batch lane backlogged)"
+    elif per_worker is not None:
+        source = "per mixed worker measured earlier"
+    if per_worker is None:
+        spare = sum(max(0.0, 1.0 - w.utilization(config.slo.itl_s)) for w in mixed)
+        lent = spare * per_instance * cfg.mixed_lend_efficiency
+        source = (
+            f"not measured yet: {spare:.2f} spare workers x {per_instance:.0f} tok/s x {cfg.mixed_lend_efficiency:.2f}"
+        )
+        reason = f"mixed pool lends {lent:.0f} tok/s ({source})"
+    else:
+        lent = per_worker * len(mixed)
+        reason = f"mixed pool lends {lent:.0f} tok/s: {per_worker:.0f} x {len(mixed)} mixed workers ({source})"
+    return Step("measure_lent_throughput", Lent(per_worker, lent), reason)
 
 
 def batch_need(
     snapshot: ClusterSnapshot, per_instance_tps: float, mixed_spare_tps: float, config: ScalerConfig
-) -> BatchNeed:
+) -> Step[BatchNeed]:
     """Smallest batch pool that finishes every deadline group in time (EDF order), and whether the current one does."""
     cfg = config.chiron
     pool = snapshot.pool("batch")
@@ -131,14 +357,40 @@ def batch_need(
     }
     if at_risk:
         if worst is None:
-            return BatchNeed(pool.provisioned, True, "deadline at risk but too close for a cold start: hold", inputs)
+            reason = "deadline at risk but too close for a cold start: hold"
+            return Step("batch_need", BatchNeed(pool.provisioned, True, inputs), reason)
         group, margin_work, horizon = worst
         reason = (
             f"deadline at risk: {margin_work:.0f} tokens (with margin) due in {group.deadline - snapshot.now:.0f} s "
             f"exceed capacity within {horizon:.0f} s"
         )
-        return BatchNeed(needed_new, True, reason, inputs)
-    return BatchNeed(needed_now, False, f"deadlines met with {needed_now} batch instances", inputs)
+        return Step("batch_need", BatchNeed(needed_new, True, inputs), reason)
+    return Step("batch_need", BatchNeed(needed_now, False, inputs), f"deadlines met with {needed_now} batch instances")
+
+
+def batch_surplus(snapshot: ClusterSnapshot, state: ChironState, need: BatchNeed, config: ScalerConfig) -> Step[Window]:
+    """Since when the batch pool has had more instances than the deadlines need (None while it has not)."""
+    provisioned = snapshot.pool("batch").provisioned
+    surplus = not need.at_risk and need.instances < provisioned
+    window = state.batch_surplus.update(surplus, snapshot.now)
+    if window.since is None:
+        reason = f"no surplus: {need.instances} needed{' (at risk)' if need.at_risk else ''}, {provisioned} provisioned"
+    else:
+        reason = f"surplus for {snapshot.now - window.since:.0f} s: {need.instances} needed < {provisioned} provisioned"
+    return Step("batch_surplus", window, reason)
+
+
+def batch_target(
+    snapshot: ClusterSnapshot, need: Step[BatchNeed], surplus: Window, config: ScalerConfig
+) -> Step[int | None]:
+    """Grow to the need when a deadline is at risk; shrink to it once a surplus lasted
+    ``batch_scale_in_stabilization_s``; else None (hold)."""
+    provisioned = snapshot.pool("batch").provisioned
+    if need.value.at_risk and need.value.instances > provisioned:
+        return Step("batch_target", need.value.instances, need.reason)
+    if surplus.lasted(snapshot.now, config.chiron.batch_scale_in_stabilization_s):
+        return Step("batch_target", need.value.instances, f"{need.reason}: scale in surplus")
+    return Step("batch_target", None, need.reason)
 
 
 class ChironPolicy:
@@ -167,113 +419,76 @@ class ChironPolicy:
 
     # ------------------------------------------------------------------ serving
     def _serving(self, snapshot: ClusterSnapshot, state: ChironState, config: ScalerConfig):
-        cfg = config.chiron
-        now = snapshot.now
-        pool = cfg.serving_pool
-        lane = snapshot.interactive
-        serving_workers = snapshot.workers_in("interactive", "mixed")
-        provisioned = snapshot.pool("interactive").provisioned + snapshot.pool("mixed").provisioned
-        current = snapshot.pool(pool).provisioned
-
-        # Capacity: measured on saturated workers, smoothed; the prior until the first measurement.
-        sample = capacity_sample(snapshot, config) if cfg.measure_capacity_online else None
-        capacity = state.capacity_tokens_per_s
-        if sample is not None and sample > 0:
-            a = cfg.capacity_ewma_alpha
-            capacity = sample if capacity is None else a * sample + (1 - a) * capacity
-        capacity_used = capacity or cfg.interactive_capacity_tokens_per_s_prior
-
-        # Demand: highest arrival token rate of the window plus growth over one cold start.
-        rate = lane.arrival_tokens_per_s if lane else 0.0
-        keep = max(cfg.demand_window_s, cfg.trend_window_s, cfg.period_s)
-        demand_hist = tuple((t, v) for t, v in state.demand if now - t < keep) + ((now, rate),)
-        window_peak = max(v for t, v in demand_hist if now - t < cfg.demand_window_s)
-        in_trend = tuple((t, v) for t, v in demand_hist if now - t < cfg.trend_window_s)
-        # A slope needs half a window of history (the first periods after start would read as huge growth).
-        trend = slope_per_s(in_trend) if in_trend[-1][0] - in_trend[0][0] >= cfg.trend_window_s / 2 else 0.0
-        growth = max(0.0, trend) * cfg.cold_start_s
-        demand = window_peak + growth
-        required = max(1, math.ceil(demand / (capacity_used * cfg.target_utilization)))
-        required_hist = tuple((t, r) for t, r in state.required if now - t < cfg.scale_in_stabilization_s) + (
-            (now, required),
+        pool = config.chiron.serving_pool
+        capacity = measure_capacity(snapshot, state, config)
+        window = demand_window(snapshot, state, config)
+        trend = demand_trend(snapshot, window.value, config)
+        required = required_instances(snapshot, state, window.value, trend.value, capacity.value, config)
+        state = replace(
+            state,
+            demand=window.value.history,
+            required=required.value.history,
+            capacity_tokens_per_s=capacity.value.measured,
         )
-        state = replace(state, demand=demand_hist, required=required_hist, capacity_tokens_per_s=capacity)
-
-        queued = lane.queued if lane else 0
-        queue_wait = lane.oldest_wait_s if lane else 0.0
+        steps = [capacity, window, trend, required]
+        serving_workers = snapshot.workers_in("interactive", "mixed")
+        provisioned = serving_provisioned(snapshot)
+        lane = snapshot.interactive
         inputs = {
-            "arrival_tokens_per_s": rate,
-            "window_peak_tokens_per_s": window_peak,
-            "trend_tokens_per_s2": trend,
-            "demand_tokens_per_s": demand,
-            "capacity_tokens_per_s": capacity_used,
-            "capacity_measured": capacity is not None,
-            "required": required,
+            "arrival_tokens_per_s": window.value.arrival,
+            "window_peak_tokens_per_s": window.value.peak,
+            "trend_tokens_per_s2": trend.value.slope,
+            "demand_tokens_per_s": required.value.demand,
+            "capacity_tokens_per_s": capacity.value.used,
+            "capacity_measured": capacity.value.measured is not None,
+            "required": required.value.instances,
             "ready": len(serving_workers),
             "provisioned": provisioned,
-            "queued": queued,
-            "oldest_wait_s": queue_wait,
+            "queued": lane.queued if lane else 0,
+            "oldest_wait_s": lane.oldest_wait_s if lane else 0.0,
         }
         if not serving_workers and provisioned > 0:
-            return hold(snapshot, pool, "no ready serving worker yet: hold", inputs), state
-        others = provisioned - current  # serving instances in the pool chiron does not scale
+            return hold(snapshot, pool, "no ready serving worker yet: hold", explained(inputs, steps)), state
+        others = provisioned - snapshot.pool(pool).provisioned  # serving instances in the pool chiron does not scale
 
-        # Safety net: a queue waiting past a share of TTFT means demand or capacity was underestimated.
-        queue_threat = queue_wait > cfg.queue_wait_fraction_of_ttft * config.slo.ttft_s
-        cooling = state.last_queue_scale_out is not None and now - state.last_queue_scale_out < cfg.queue_scale_out_cooldown_s
-        if queue_threat and not cooling:
-            mean_limit = sum(w.batch_limit for w in serving_workers) / max(1, len(serving_workers))
-            target_total = max(required, provisioned + max(1, math.ceil(queued / max(mean_limit, 1.0))))
-            state = replace(state, last_queue_scale_out=now)
-            reason = f"interactive queue waited {queue_wait:.1f} s > {cfg.queue_wait_fraction_of_ttft:.2f} x TTFT: scale out"
-            return decision(snapshot, pool, target_total - others, reason, inputs, config), state
+        safety_net = queue_safety_net(snapshot, state, required.value, config)
+        steps.append(safety_net)
+        if safety_net.value is not None:
+            state = replace(state, last_queue_scale_out=snapshot.now)
+            return self._to(snapshot, pool, safety_net, others, inputs, steps, config), state
+        scale_out = scale_out_target(snapshot, required, config)
+        steps.append(scale_out)
+        if scale_out.value is not None:
+            return self._to(snapshot, pool, scale_out, others, inputs, steps, config), state
+        scale_in = scale_in_target(snapshot, state, required.value, config)
+        steps.append(scale_in)
+        if scale_in.value is not None:
+            state = replace(state, last_scale_in=snapshot.now)
+            return self._to(snapshot, pool, scale_in, others, inputs, steps, config), state
+        reason = f"{required.value.instances} required, {provisioned} provisioned: hold"
+        return hold(snapshot, pool, reason, explained(inputs, steps)), state
 
-        if required > provisioned:
-            reason = (
-                f"demand {demand:.0f} tok/s (window peak {window_peak:.0f} + growth {growth:.0f}) needs {required} "
-                f"instances at {capacity_used:.0f} tok/s x {cfg.target_utilization:.2f}: scale out"
-            )
-            return decision(snapshot, pool, required - others, reason, inputs, config), state
-
-        window_full = bool(state.required) and now - state.required[0][0] >= cfg.scale_in_stabilization_s - cfg.period_s
-        since_last = state.last_scale_in is None or now - state.last_scale_in >= cfg.scale_in_stabilization_s
-        highest = max(r for _, r in required_hist)
-        if highest < provisioned and window_full and since_last and queued == 0:
-            reason = (
-                f"requirement stayed <= {highest} for {cfg.scale_in_stabilization_s:.0f} s "
-                f"(< {provisioned} provisioned): scale in"
-            )
-            state = replace(state, last_scale_in=now)
-            return decision(snapshot, pool, highest - others, reason, inputs, config), state
-        return hold(snapshot, pool, f"{required} required, {provisioned} provisioned: hold", inputs), state
+    @staticmethod
+    def _to(snapshot, pool: str, verdict: Step[int], others: int, inputs: dict, steps: list[Step], config):
+        """The serving pool's decision from a step's total serving target (less the pool chiron does not scale)."""
+        return decision(snapshot, pool, verdict.value - others, verdict.reason, explained(inputs, steps), config)
 
     # -------------------------------------------------------------------- batch
     def _batch(self, snapshot: ClusterSnapshot, state: ChironState, config: ScalerConfig):
-        cfg = config.chiron
-        per_instance = batch_throughput_estimate(snapshot, state, config)
-        state = replace(state, batch_tokens_per_s=per_instance)
-        mixed = snapshot.workers_in("mixed")
-        lane = snapshot.batch
-        backlogged = lane is not None and lane.queued > 0 and bool(mixed)
-        per_worker = state.lent_tokens_per_s
-        if backlogged:
-            # The batch lane is backlogged, so mixed workers lend all they can: this is their lent capacity.
-            now_per_worker = sum(w.batch_tokens_per_s for w in mixed) / len(mixed)
-            a = cfg.lent_ewma_alpha
-            per_worker = now_per_worker if per_worker is None else a * now_per_worker + (1 - a) * per_worker
-            state = replace(state, lent_tokens_per_s=per_worker)
-        if per_worker is None:
-            # Not measured yet: spare share of each mixed worker (1 - interactive slot use) at the batch rate.
-            lent = sum(max(0.0, 1.0 - w.utilization(config.slo.itl_s)) for w in mixed) * per_instance * cfg.mixed_lend_efficiency
-        else:
-            lent = per_worker * len(mixed)  # per-worker measurement times the mixed workers there now
-        need = batch_need(snapshot, per_instance, lent, config)
-        batch_pool = snapshot.pool("batch")
-        surplus = not need.at_risk and need.instances < batch_pool.provisioned
-        state = replace(state, batch_surplus=state.batch_surplus.update(surplus, snapshot.now))
-        if need.at_risk and need.instances > batch_pool.provisioned:
-            return decision(snapshot, "batch", need.instances, need.reason, need.inputs, config), state
-        if surplus and state.batch_surplus.lasted(snapshot.now, cfg.batch_scale_in_stabilization_s):
-            state = replace(state, batch_surplus=Window())
-            return decision(snapshot, "batch", need.instances, f"{need.reason}: scale in surplus", need.inputs, config), state
-        return hold(snapshot, "batch", need.reason, need.inputs), state
+        per_instance = measure_batch_throughput(snapshot, state, config)
+        lent = measure_lent_throughput(snapshot, state, per_instance.value, config)
+        need = batch_need(snapshot, per_instance.value, lent.value.tokens_per_s, config)
+        surplus = batch_surplus(snapshot, state, need.value, config)
+        target = batch_target(snapshot, need, surplus.value, config)
+        state = replace(
+            state,
+            batch_tokens_per_s=per_instance.value,
+            lent_tokens_per_s=lent.value.per_worker,
+            batch_surplus=surplus.value,
+        )
+        inputs = explained(need.value.inputs, [per_instance, lent, need, surplus, target])
+        if target.value is None:
+            return hold(snapshot, "batch", target.reason, inputs), state
+        if target.value < snapshot.pool("batch").provisioned:
+            state = replace(state, batch_surplus=Window())  # a new window before the next scale-in
+        return decision(snapshot, "batch", target.value, target.reason, inputs, config), state

@@ -8,7 +8,7 @@ until the pool is already saturated. Scale-in takes the highest recommendation o
 from __future__ import annotations
 
 import math
-from scaler.config import ScalerConfig
+from core.scaler_config import ScalerConfig
 from scaler.decision import ScaleDecision
 from scaler.policies.base import decision, stale_guard
 from scaler.policies.utilization import RecommendationHistory

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from scaler.config import POOLS, ScalerConfig
+from core.names import POOLS
+from core.scaler_config import ScalerConfig
 from scaler.decision import ScaleDecision
 from scaler.policies.base import decision, stale_guard
 from scaler.state import ClusterSnapshot

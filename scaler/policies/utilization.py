@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scaler.config import ScalerConfig
+from core.scaler_config import ScalerConfig
 from scaler.decision import ScaleDecision
 from scaler.policies.base import decision, hold, mean_utilization, stale_guard
 from scaler.state import ClusterSnapshot

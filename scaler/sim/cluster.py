@@ -1,13 +1,13 @@
 """Time-quantum simulation of a GPU cluster under continuous batching.
 
-Every ``dt_s`` each instance admits queued requests up to its batch-size limit and KV capacity,
+Every ``dt_s`` each instance admits queued requests up to its admission limit and KV capacity,
 spends prefill time on them (excess carries over to the next quantum as debt, so a long prefill
 stalls decoding exactly as it would without chunked prefill), and decodes the rest of the quantum
 at the step time of its current batch. Per-request progress is fractional, so the quantum only
 limits when admissions happen, not how fast tokens come. Everything per request is a numpy array;
 the per-instance loop runs only once per control period (local autoscaler) and global period.
 
-The scaling code is the real one: ``scaler.local_autoscaler.next_batch_size`` per instance every
+The scaling code is the real one: ``scaler.local_autoscaler.next_admission_limit`` per instance every
 control period and ``get_policy(name).decide`` on a :class:`ClusterSnapshot` every policy period.
 """
 
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scaler.config import ScalerConfig
+from core.scaler_config import ScalerConfig
 from scaler.decision import ScaleDecision
-from scaler.local_autoscaler import LocalObservation, LocalState, next_batch_size
+from scaler.local_autoscaler import LocalObservation, LocalState, next_admission_limit
 from scaler.policies import get_policy
 from scaler.sim.latency import EngineModel
 from scaler.sim.workload import Requests
@@ -128,7 +128,6 @@ class ClusterSimulation:
         self.acc_busy = np.zeros(0)  # seconds with work, this control period
         self.acc_steps = np.zeros(0)
         self.acc_tokens = np.zeros(0)
-        self.acc_batch_tokens = np.zeros(0)
         self.acc_interactive = np.zeros(0, dtype=bool)
         self.global_batch_tokens = np.zeros(0)  # batch tokens since the last global period
         self.global_interactive_tokens = np.zeros(0)  # interactive prompt + output tokens, same period
@@ -147,9 +146,9 @@ class ClusterSimulation:
         self.launched = grow(self.launched, now)
         self.ready_at = grow(self.ready_at, ready_at)
         self.stopped_at = grow(self.stopped_at, np.nan)
-        self.limit = grow(self.limit, self.config.local.initial_batch_size)
+        self.limit = grow(self.limit, self.config.local.initial_admission_limit)
         self.debt = grow(self.debt, 0.0)
-        for name in ("acc_busy", "acc_steps", "acc_tokens", "acc_batch_tokens", "global_batch_tokens", "global_interactive_tokens"):
+        for name in ("acc_busy", "acc_steps", "acc_tokens", "global_batch_tokens", "global_interactive_tokens"):
             setattr(self, name, grow(getattr(self, name), 0.0))
         self.acc_interactive = grow(self.acc_interactive, False)
         self.local.extend(LocalState.initial(self.config.local) for _ in range(count))
@@ -354,22 +353,17 @@ class ClusterSimulation:
         run_batch_count = np.bincount(self.inst[run], weights=self.is_batch[run], minlength=n_inst)
         tokens_batch = steps * run_batch_count + np.bincount(inst_b, minlength=n_inst)
         self.acc_tokens += steps * batch_size + np.bincount(admitted_inst, minlength=n_inst)
-        self.acc_batch_tokens += tokens_batch
         self.global_batch_tokens += tokens_batch
         run_inter_count = np.bincount(self.inst[run], weights=~self.is_batch[run], minlength=n_inst)
         self.global_interactive_tokens += steps * run_inter_count + np.bincount(
             inst_i, weights=self.ctx[adm_i], minlength=n_inst
         )
-        self.acc_interactive |= np.bincount(self.inst[run], weights=~self.is_batch[run], minlength=n_inst) > 0
+        self.acc_interactive |= run_inter_count > 0
 
         # Draining instances leave once empty.
         still = np.bincount(self.inst[self.run_ids], minlength=n_inst)
         gone = (self.status == DRAINING) & (still == 0) & (self.debt <= 0)
         self.status[gone], self.stopped_at[gone] = STOPPED, t + dt
-
-    def _interactive_present(self, n_inst: int) -> np.ndarray:
-        run = self.run_ids
-        return np.bincount(self.inst[run], weights=~self.is_batch[run], minlength=n_inst) > 0
 
     def _preempt_for_interactive(self, run, ready, running_batch, waiting: int) -> np.ndarray:
         mixed = np.flatnonzero(ready & (self.pool == POOL_CODE["mixed"]) & (running_batch > 0))
@@ -401,12 +395,11 @@ class ClusterSimulation:
                 running=self._running_count(i),
                 itl_slo_s=slo if self.acc_interactive[i] else None,
             )
-            self.local[i], _ = next_batch_size(self.local[i], obs, lc)
-            self.limit[i] = self.local[i].batch_limit
+            self.local[i], _ = next_admission_limit(self.local[i], obs, lc)
+            self.limit[i] = self.local[i].admission_limit
         self.acc_busy[:] = 0
         self.acc_steps[:] = 0
         self.acc_tokens[:] = 0
-        self.acc_batch_tokens[:] = 0
         self.acc_interactive[:] = False
         self._running_cache = None
 
@@ -439,7 +432,7 @@ class ClusterSimulation:
                 ready=True,
                 running_interactive=int(ri[i]),
                 running_batch=int(rb[i]),
-                batch_limit=int(self.limit[i]),
+                admission_limit=int(self.limit[i]),
                 itl_ewma_s=self.local[i].itl_ewma_s,
                 batch_tokens_per_s=float(self.global_batch_tokens[i] / period),
                 draining=bool(self.status[i] == DRAINING),

@@ -8,8 +8,8 @@ import time
 import redis
 from celery import bootsteps, shared_task
 
-from sluice.config import Settings
-from workers.celery_app import create_app
+from core.settings import Settings
+from broker.celery_app import create_app
 
 settings = Settings(redis_url=os.environ["SLUICE_REDIS_URL"])
 app = create_app(settings)

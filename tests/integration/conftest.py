@@ -11,13 +11,14 @@ import httpx
 import pytest
 import redis
 
-from bench.processes import http_ok
+from core.processes import http_ok
 from api.enqueue import Enqueuer
-from broker import keys
+from core import keys
+from core.names import SET_ADMISSION_LIMIT
 from broker.messages import GenerationRequest, SamplingOptions
-from sluice.config import Settings
+from core.settings import Settings
 from tests.conftest import MACHINE_REDIS_URL, Process, free_port, redis_reachable, wait_until
-from workers.celery_app import create_app
+from broker.celery_app import create_app
 
 STACK_REDIS_DB = 13
 
@@ -60,10 +61,10 @@ class Stack:
         """The started process of that name (a worker is named by the part of its id before the @)."""
         return next(process for process in self.processes if process.name == name)
 
-    def set_batch_size(self, worker_id: str, batch_size: int) -> None:
-        reply = self.celery().control.broadcast("sluice_set_batch_size", arguments={"batch_size": batch_size},
+    def set_admission_limit(self, worker_id: str, limit: int) -> None:
+        reply = self.celery().control.broadcast(SET_ADMISSION_LIMIT, arguments={"limit": limit},
                                                 destination=[worker_id], reply=True, timeout=5)
-        assert reply == [{worker_id: {"ok": batch_size}}], reply
+        assert reply == [{worker_id: {"ok": limit}}], reply
 
 
 def stack_redis_url() -> str:
@@ -81,7 +82,7 @@ def stack(model_dir, log_dir):
     redis.Redis.from_url(url).flushdb()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     env.update(SLUICE_REDIS_URL=url, SLUICE_MODEL=str(model_dir), SLUICE_DATA_DIR=str(log_dir / "data"),
-               SLUICE_HEARTBEAT_TTL_S="5", SLUICE_MAX_BATCH_SIZE="64", SLUICE_BATCH_SIZE="32")
+               SLUICE_HEARTBEAT_TTL_S="5", SLUICE_MAX_ADMISSION_LIMIT="64", SLUICE_ADMISSION_LIMIT="32")
     stack = Stack(redis_url=url, env=env, log_dir=log_dir, api_port=free_port())
     stack.start_worker("main@test")
     api = stack.start("api", ["api", "--port", str(stack.api_port)])

@@ -8,8 +8,8 @@ import httpx
 import openai
 import pytest
 
-from bench.processes import http_ok
-from broker import keys
+from core.processes import http_ok
+from core import keys
 from tests.conftest import Process, free_port, wait_until
 from tests.integration.conftest import lane_snapshot, wait_for_idle
 
@@ -109,7 +109,7 @@ def test_full_lane_answers_429_with_retry_after(stack, model_dir, log_dir):
 
     redis.Redis.from_url(url).flushdb()
     port = free_port()
-    env = {**stack.env, "SLUICE_REDIS_URL": url, "SLUICE_LANE_ADMISSION_LIMITS": json.dumps({"batch": 2})}
+    env = {**stack.env, "SLUICE_REDIS_URL": url, "SLUICE_LANE_QUEUE_LIMITS": json.dumps({"batch": 2})}
     api = Process("api-429", ["api", "--port", str(port)], env, log_dir)
     try:
         wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 120, "the second API", interval=0.5, process=api)
@@ -137,5 +137,18 @@ def test_metrics_in_prometheus_format(stack, http):
     for name in ("sluice_queue_depth{lane=\"interactive\"}", "sluice_queue_depth{lane=\"batch\"}",
                  "sluice_time_to_first_token_seconds_bucket", "sluice_inter_token_latency_seconds_bucket",
                  "sluice_e2e_request_latency_seconds_count", "sluice_request_queue_time_seconds_count",
-                 "sluice_worker_admission_limit{pool=\"mixed\",worker=\"main@test\"}", "sluice_workers{pool=\"mixed\"}"):
+                 "sluice_worker_admission_limit{pool=\"mixed\",worker=\"main@test\"}", "sluice_workers{pool=\"mixed\"}",
+                 "sluice_worker_draining{pool=\"mixed\",worker=\"main@test\"} 0.0"):
         assert name in text, name
+
+
+def test_scaler_decisions_are_served_newest_first(stack, http):
+    from broker.decisions import record_decision
+
+    for target in (2, 3):
+        record_decision(stack.redis, "instances", {"pool": "mixed", "action": "scale_out", "from": target - 1,
+                                                   "to": target, "reason": f"test {target}"})
+    reply = http.get("/v1/scaler/decisions", params={"limit": 2}).json()
+    assert [(d["kind"], d["to"], d["reason"]) for d in reply["data"]] == [("instances", 3, "test 3"),
+                                                                         ("instances", 2, "test 2")]
+    assert http.get("/v1/scaler/decisions", params={"limit": 0}).status_code == 400

@@ -11,12 +11,12 @@ import sys
 import pytest
 import redis
 
-from broker import keys
+from core import keys
 from broker.redelivery import redeliver_from_dead_workers
 from broker.transport import SCORE_HEADER
-from sluice.config import Settings
+from core.settings import Settings
 from tests.conftest import ROOT, wait_until
-from workers.celery_app import create_app
+from broker.celery_app import create_app
 
 pytestmark = pytest.mark.integration
 

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import pytest
 import redis.asyncio as aioredis
 
 from api.events import EventHub, WorkerLost, follow
-from broker import keys
+from broker.request_events import publish
+from core import keys
 
 pytestmark = pytest.mark.integration
 
 WORKER = "events@test"
 GRACE_S = 2.0
-
-
-async def publish(client, request_id: str, **event) -> None:
-    await client.xadd(keys.request_events_key(request_id), {"event": json.dumps(event)})
 
 
 async def follow_while(url: str, request_id: str, worker_side) -> tuple[list[str], float]:
@@ -30,8 +26,8 @@ async def follow_while(url: str, request_id: str, worker_side) -> tuple[list[str
     reader = asyncio.create_task(hub.run())
     try:
         await client.set(keys.worker_key(WORKER), "alive", ex=60)
-        await publish(client, request_id, type="start", attempt=1, worker=WORKER)
-        await publish(client, request_id, type="delta", attempt=1, text="a", tokens=1)
+        await publish(client, request_id, {"type": "start", "attempt": 1, "worker": WORKER})
+        await publish(client, request_id, {"type": "delta", "attempt": 1, "text": "a", "tokens": 1})
         playing = asyncio.create_task(worker_side(client))
         seen, started = [], time.monotonic()
         try:
@@ -53,8 +49,8 @@ def test_a_heartbeat_that_lapses_for_less_than_the_grace_does_not_end_the_stream
         await client.delete(keys.worker_key(WORKER))
         await asyncio.sleep(GRACE_S / 2)
         await client.set(keys.worker_key(WORKER), "alive", ex=60)
-        await publish(client, "stalled", type="delta", attempt=1, text="b", tokens=1)
-        await publish(client, "stalled", type="done", attempt=1, output_tokens=2)
+        await publish(client, "stalled", {"type": "delta", "attempt": 1, "text": "b", "tokens": 1})
+        await publish(client, "stalled", {"type": "done", "attempt": 1, "output_tokens": 2})
 
     seen, _ = asyncio.run(follow_while(any_redis_url, "stalled", stalled_then_resumed))
     assert seen == ["start", "delta", "delta", "done"]
@@ -70,7 +66,7 @@ def test_a_heartbeat_absent_for_the_grace_ends_the_stream_with_worker_lost(any_r
 
 def test_another_attempt_starting_ends_the_stream_at_once(any_redis_url):
     async def redelivered_elsewhere(client):
-        await publish(client, "moved", type="start", attempt=2, worker="other@test")
+        await publish(client, "moved", {"type": "start", "attempt": 2, "worker": "other@test"})
 
     with pytest.raises(WorkerLost, match="was lost"):  # not a timeout, and not the heartbeat check
         asyncio.run(follow_while(any_redis_url, "moved", redelivered_elsewhere))

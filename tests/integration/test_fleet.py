@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from api.enqueue import Enqueuer
-from broker import keys
+from core import keys
 from broker.redelivery import restore_unacked
 from tests.conftest import wait_until
 from tests.integration.conftest import enqueue_direct, wait_for_idle
@@ -78,7 +78,7 @@ def test_full_worker_serves_interactive_first_then_lowest_score(stack):
     one request per free slot — interactive first, lowest score first within a lane."""
     wait_for_idle(stack)
     stack.redis.delete(keys.COMPLETIONS)
-    stack.set_batch_size("main@test", 1)
+    stack.set_admission_limit("main@test", 1)
     app = stack.celery()
     enqueuer = Enqueuer(app, stack.redis, {}, 1)
     for lane in ("interactive", "batch"):
@@ -96,7 +96,7 @@ def test_full_worker_serves_interactive_first_then_lowest_score(stack):
         wait_until(lambda: len(completions(stack)) == 7, 120, "all requests")
         assert [r["request_id"] for r in completions(stack)] == ["i-20", "i-30", "i-40", "b-0", "b-5", "b-10", "b-50"]
     finally:
-        stack.set_batch_size("main@test", 32)
+        stack.set_admission_limit("main@test", 32)
 
 
 PLAIN, LONG = 12, 2000  # enough work that the victim is still generating when it is killed

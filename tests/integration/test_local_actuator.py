@@ -1,23 +1,25 @@
 """The local actuator against real processes and the machine's Redis (db 10), without vLLM.
 
 The worker command is replaced by a tiny Python script that behaves like ``sluice worker`` towards the
-actuator: a cold start, then a heartbeat hash with a TTL at ``sluice:worker:<id>`` every 0.5 s (its
-``inflight`` read from a test key), and on SIGTERM a short "drain" before it deletes its heartbeat and
-exits with code 0.
+actuator: a cold start, then its heartbeat (``broker.heartbeat.write_heartbeat``, TTL 10 s) every 0.5 s (its
+``inflight`` read from a test key), and on SIGTERM a short "drain" (its heartbeat says ``draining``) before
+it retires its heartbeat and exits with code 0.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 import pytest
 import redis
 
-from broker import keys
-from scaler.actuators import PoolCount, make_actuator
+from core import keys
+from scaler.actuators import make_actuator
 from scaler.actuators.local import LocalActuator
-from tests.conftest import MACHINE_REDIS_URL, redis_reachable, wait_until
+from scaler.state import PoolObservation
+from tests.conftest import MACHINE_REDIS_URL, ROOT, redis_reachable, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -27,24 +29,22 @@ HOST = "actuator-test"
 FAKE_WORKER = r"""
 import os, signal, sys, time
 import redis
+from broker.heartbeat import WorkerHeartbeat, retire_heartbeat, write_heartbeat
 url, pool, worker_id, cold_start, drain_s = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
 client = redis.Redis.from_url(url)
-key = "sluice:worker:" + worker_id
 stopping = []
 signal.signal(signal.SIGTERM, lambda *_: stopping.append(time.time()))
 time.sleep(cold_start)
-while not stopping:
+# Until SIGTERM: serve. After it: "finish the in-flight requests" for drain_s, saying so in the heartbeat.
+while not stopping or time.time() < stopping[0] + drain_s:
     if client.get("fake:crash:" + worker_id):
         sys.exit(3)
     inflight = int(client.get("fake:inflight:" + worker_id) or 0)
-    with client.pipeline() as pipe:
-        pipe.hset(key, mapping={"worker_id": worker_id, "pool": pool, "inflight": inflight,
-                                "admission_limit": 8, "pid": os.getpid(), "updated_at": time.time()})
-        pipe.pexpire(key, 10000)  # beats every 0.5 s; the TTL outlasts a host stall (docs/architecture.md)
-        pipe.execute()
+    # the TTL outlasts a host stall (docs/architecture.md)
+    write_heartbeat(client, WorkerHeartbeat(worker_id=worker_id, pool=pool, inflight=inflight, admission_limit=8,
+                                            draining=bool(stopping), pid=os.getpid()), ttl_s=10)
     time.sleep(0.5)
-time.sleep(drain_s)  # "finish the in-flight requests"
-client.delete(key)
+retire_heartbeat(client, worker_id)
 client.rpush("fake:drained", worker_id)
 sys.exit(0)
 """
@@ -60,6 +60,7 @@ def clean(client: redis.Redis) -> None:
     for pattern in ("fake:*", f"sluice:worker:*@{HOST}"):
         for key in client.scan_iter(pattern):
             client.delete(key)
+    client.delete(keys.WORKERS)
 
 
 @pytest.fixture
@@ -85,7 +86,7 @@ def alive(pid: int) -> bool:
 
 def test_scale_out_drains_least_loaded_and_close_stops_all(db10, tmp_path):
     actuator = make_actuator("local", redis=db10, redis_url=REDIS_URL, command_factory=fake_command(),
-                             log_dir=tmp_path, host=HOST, max_starting=4, drain_timeout_s=15)
+                             log_dir=tmp_path, host=HOST, max_starting=4, drain_timeout_s=15, cwd=ROOT)
     assert isinstance(actuator, LocalActuator)
     try:
         # 0 -> 2: both start, counted as starting until their first heartbeat.
@@ -139,7 +140,8 @@ def test_scale_out_drains_least_loaded_and_close_stops_all(db10, tmp_path):
         actuator.close()
 
     # close(): everything it started drained and exited cleanly.
-    assert actuator.current("mixed") == actuator.current("batch") == type(count)()
+    assert actuator.current("mixed") == PoolObservation(pool="mixed")
+    assert actuator.current("batch") == PoolObservation(pool="batch")
     assert not alive(young_pid)
     drained = {r.worker_id: r.returncode for r in actuator.exits if r.drained}
     assert drained == {old: 0, young: 0, f"sluice-batch-1@{HOST}": 0}
@@ -149,7 +151,7 @@ def test_scale_out_drains_least_loaded_and_close_stops_all(db10, tmp_path):
 
 def test_max_starting_caps_a_scale_out_and_the_next_call_continues(db10, tmp_path):
     actuator = LocalActuator(redis=db10, redis_url=REDIS_URL, command_factory=fake_command(cold_start=0.5),
-                             log_dir=tmp_path, host=HOST, max_starting=1, drain_timeout_s=15)
+                             log_dir=tmp_path, host=HOST, max_starting=1, drain_timeout_s=15, cwd=ROOT)
     try:
         result = actuator.scale("interactive", 2)
         assert len(result.started) == 1 and result.pending == 1
@@ -160,6 +162,27 @@ def test_max_starting_caps_a_scale_out_and_the_next_call_continues(db10, tmp_pat
     finally:
         actuator.close()
     assert all(r.returncode == 0 for r in actuator.exits) and len(actuator.exits) == 2
+
+
+def test_a_worker_draining_on_its_own_counts_as_draining_and_is_replaced(db10, tmp_path):
+    """Its heartbeat says draining (someone else sent the SIGTERM): no longer capacity, no scale-in candidate."""
+    actuator = LocalActuator(redis=db10, redis_url=REDIS_URL, command_factory=fake_command(cold_start=0.5, drain_s=3),
+                             log_dir=tmp_path, host=HOST, drain_timeout_s=15, cwd=ROOT)
+    try:
+        [first] = actuator.scale("batch", 1).started
+        wait_until(lambda: actuator.current("batch").ready == 1, 60, "the worker")
+        os.kill(actuator.pid(first), signal.SIGTERM)  # not through the actuator
+        wait_until(lambda: actuator.current("batch") == PoolObservation(pool="batch", draining=1), 30,
+                   "the heartbeat to say draining")
+        assert [i.state for i in actuator.instances("batch")] == ["draining"]
+        result = actuator.scale("batch", 1)
+        assert result.started == (f"sluice-batch-1@{HOST}",) and not result.drained, result
+        wait_until(lambda: actuator.current("batch") == PoolObservation(pool="batch", ready=1), 60,
+                   "the replacement ready, the drained worker gone")
+        [record] = actuator.exits
+        assert (record.worker_id, record.returncode, record.drained) == (first, 0, False)  # drained, not by us
+    finally:
+        actuator.close()
 
 
 # --- live Docker / Kubernetes tests: run only where an engine / a cluster answers ------------------
@@ -201,7 +224,8 @@ def test_live_docker_actuator():
         result = actuator.scale("batch", 1)
         assert len(result.drained) == 1
         actuator.wait_drained(60)
-        wait_until(lambda: actuator.current("batch") == PoolCount(ready=1), 30, "one container left")
+        wait_until(lambda: actuator.current("batch") == PoolObservation(pool="batch", ready=1), 30,
+                   "one container left")
         assert actuator.exit_codes == {result.drained[0]: 0}  # SIGTERM -> drained -> exit 0
     finally:
         for container in client.containers.list(all=True, filters={"label": [f"sluice.test={fleet}"]}):
@@ -230,12 +254,13 @@ def test_live_kubernetes_actuator():
     manifest = deployment_manifest("batch", config)
     apps.create_namespaced_deployment(namespace, manifest)
     try:
-        assert actuator.current("batch") == PoolCount()
+        assert actuator.current("batch") == PoolObservation(pool="batch")
         assert actuator.scale("batch", 2).started
         assert actuator.current("batch").provisioned == 2
         wait_until(lambda: actuator.current("batch").ready == 2, 180, "two ready pods", interval=1)
         assert actuator.scale("batch", 1).drained
-        wait_until(lambda: actuator.current("batch") == PoolCount(ready=1), 120, "one pod left", interval=1)
+        wait_until(lambda: actuator.current("batch") == PoolObservation(pool="batch", ready=1), 120, "one pod left",
+                   interval=1)
         assert not actuator.scale("batch", 1).changed
     finally:
         apps.delete_namespaced_deployment(manifest["metadata"]["name"], namespace)

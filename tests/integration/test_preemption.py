@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from api.enqueue import Enqueuer
-from broker import keys
+from core import keys
 from tests.conftest import wait_until
 from tests.integration.conftest import enqueue_direct, wait_for_idle
 
@@ -79,7 +79,7 @@ def test_interactive_arrival_preempts_batch_work_on_a_full_mixed_worker(stack, p
 
     threads = [threading.Thread(target=batch, args=(i,)) for i in range(2)]
     try:
-        stack.set_batch_size(WORKER, 2)
+        stack.set_admission_limit(WORKER, 2)
         # The new worker too waits until both batch requests are queued, then takes both at once: two
         # requests that reach the lane a moment apart were seen to run one after the other.
         for lane in LANES:
@@ -214,7 +214,7 @@ def test_a_streamed_batch_request_is_never_preempted(stack, preempting_worker):
     """Its client has tokens a re-run could not take back: the interactive arrival runs beside it instead
     (over the worker's limit, through the headroom slot), and the stream ends normally."""
     wait_for_idle(stack)
-    stack.set_batch_size(WORKER, 1)
+    stack.set_admission_limit(WORKER, 1)
     overlapped = []
     try:
         # The scenario needs the interactive request to start while the batch request runs (~7 s). A host
@@ -232,5 +232,5 @@ def test_a_streamed_batch_request_is_never_preempted(stack, preempting_worker):
             if overlapped[-1]:
                 break
     finally:
-        stack.set_batch_size(WORKER, 2)
+        stack.set_admission_limit(WORKER, 2)
     assert overlapped[-1], f"the interactive request never started while the streamed batch request ran: {overlapped}"

@@ -1,4 +1,4 @@
-"""The live Chiron scaler on this machine: real workers added under load, removed after, batch sizes adapted,
+"""The live Chiron scaler on this machine: real workers added under load, removed after, admission limits adapted,
 no request lost (the same code as `sluice bench scale`, with a shorter ramp)."""
 
 from __future__ import annotations
@@ -24,4 +24,4 @@ def test_load_ramp_scales_out_then_in_without_losing_requests(tmp_path):
     assert (1, 2) in actions, actions  # scaled out under load
     assert (2, 1) in actions[actions.index((1, 2)):], actions  # then back in
     assert report["final_workers"] == 1
-    assert report["batch_size_changes"] > 0 and len(report["batch_limits_seen"]) > 1
+    assert report["admission_limit_changes"] > 0 and len(report["admission_limits_seen"]) > 1

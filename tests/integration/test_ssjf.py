@@ -1,16 +1,18 @@
 """SSJF through the real stack: the predictor scores requests, the worker serves predicted-shortest first,
-and a newly published predictor version is picked up without a restart."""
+a newly published predictor version is picked up without a restart, SSJF is what an API serves unless
+told otherwise, and predict_lengths=true makes an FCFS API predict too."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 
 import httpx
 import pytest
 
-from bench.processes import http_ok
-from broker import keys
+from core.processes import http_ok
+from core import keys
 from predictor.predictor import DEFAULT_ARTIFACT_DIR
 from predictor.registry import ModelRegistry
 from tests.conftest import free_port, wait_until
@@ -35,6 +37,53 @@ def ssjf_api(stack, tmp_path_factory):
     wait_until(lambda: http_ok(base + "/healthz"), 180, "the SSJF API", interval=0.5, process=api)
     yield base, registry_root
     api.stop()
+
+
+@pytest.fixture(scope="module")
+def fcfs_apis(stack):
+    """Two FCFS APIs: one with predict_lengths=true, one with it unset (the policy decides: no predictor)."""
+    apis, bases = [], {}
+    for name, extra_env in (("predicting", {"SLUICE_PREDICT_LENGTHS": "true"}), ("plain", {})):
+        port = free_port()
+        apis.append(stack.start(f"api-fcfs-{name}", ["api", "--port", str(port)], SLUICE_QUEUE_POLICY="fcfs",
+                                SLUICE_PREDICTOR_FEEDBACK="false", **extra_env))
+        bases[name] = f"http://127.0.0.1:{port}"
+    for (name, base), api in zip(bases.items(), apis):
+        wait_until(lambda: http_ok(base + "/healthz"), 180, f"the {name} FCFS API", interval=0.5, process=api)
+    yield bases
+    for api in apis:
+        api.stop()
+
+
+def test_an_api_serves_ssjf_when_no_policy_is_configured(stack):
+    """The session's API is started without SLUICE_QUEUE_POLICY (conftest drops every SLUICE_* variable)."""
+    health = httpx.get(stack.base_url + "/healthz", timeout=10).json()
+    assert health["queue_policy"] == "ssjf"
+    assert health["predicts_lengths"] and health["predictor_version"]
+
+
+def test_fcfs_with_predict_lengths_attaches_predictions_and_still_scores_by_arrival(fcfs_apis):
+    base = fcfs_apis["predicting"]
+    health = httpx.get(base + "/healthz", timeout=10).json()
+    assert (health["queue_policy"], health["predicts_lengths"]) == ("fcfs", True) and health["predictor_version"]
+    sent_from = time.time()
+    with httpx.Client(base_url=base, timeout=120) as http:
+        short = http.post("/v1/completions", json={"model": MODEL, "prompt": SHORT_PROMPT, "max_tokens": 2}).json()
+        long = http.post("/v1/completions", json={"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 2}).json()
+    sent_until = time.time()
+    # Real predictions from the proxy (they tell the two prompts apart), as the scaler's estimates need ...
+    assert 0 < short["sluice"]["predicted_output_tokens"] < long["sluice"]["predicted_output_tokens"]
+    # ... while the score stays the arrival time: no prediction / aging term in it.
+    assert sent_from <= short["sluice"]["score"] <= long["sluice"]["score"] <= sent_until
+
+
+def test_fcfs_without_predict_lengths_loads_no_predictor(fcfs_apis):
+    base = fcfs_apis["plain"]
+    health = httpx.get(base + "/healthz", timeout=10).json()
+    assert (health["queue_policy"], health["predicts_lengths"], health["predictor_version"]) == ("fcfs", False, None)
+    reply = httpx.post(base + "/v1/completions", json={"model": MODEL, "prompt": SHORT_PROMPT, "max_tokens": 2},
+                       timeout=120).json()
+    assert reply["sluice"]["predicted_output_tokens"] is None
 
 
 def test_ssjf_scores_by_predicted_length(ssjf_api):
@@ -62,7 +111,7 @@ def test_ssjf_serves_predicted_shortest_first_when_the_worker_is_full(stack, ssj
             replies[name] = http.post("/v1/completions", json={"model": MODEL, "prompt": prompt,
                                                                "max_tokens": 3, "ignore_eos": True}).json()
 
-    stack.set_batch_size("main@test", 1)
+    stack.set_admission_limit("main@test", 1)
     app.control.cancel_consumer("interactive", destination=["main@test"], reply=True, timeout=5)
     threads = []
     try:
@@ -74,7 +123,7 @@ def test_ssjf_serves_predicted_shortest_first_when_the_worker_is_full(stack, ssj
         app.control.add_consumer("interactive", destination=["main@test"], reply=True, timeout=5)
     for thread in threads:
         thread.join(300)
-    stack.set_batch_size("main@test", 32)
+    stack.set_admission_limit("main@test", 32)
     finished = [json.loads(raw)["request_id"] for raw in reversed(stack.redis.lrange(keys.COMPLETIONS, 0, -1))]
     assert finished.index(replies["short"]["id"]) < finished.index(replies["long"]["id"])
 

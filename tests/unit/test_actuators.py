@@ -7,12 +7,11 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+import redis
 
-from scaler.actuators import (
-    ActuationResult, Actuator, InstanceInfo, PoolCount, apply_decision, choose_to_drain, clamp_target,
-    make_actuator, plan_scale,
-)
-from scaler.actuators.base import parse_heartbeat, read_heartbeats
+from broker.heartbeat import WorkerHeartbeat, write_heartbeat
+from scaler.actuators import ActuationResult, Actuator, InstanceInfo, choose_to_drain, clamp_target, make_actuator, plan_scale
+from scaler.actuators.base import count_instances
 from scaler.actuators.docker_actuator import (
     DockerActuator, DockerConfig, container_spec, device_requests, free_device, list_filters,
 )
@@ -21,7 +20,7 @@ from scaler.actuators.kubernetes_actuator import (
     pool_count, scale_patch,
 )
 from scaler.actuators.local import LocalActuator, worker_command
-from scaler.decision import ScaleDecision
+from scaler.state import PoolObservation
 
 
 def inst(name, state="ready", inflight=None, started_at=0.0, pool="mixed"):
@@ -73,52 +72,36 @@ def test_plan_scale_is_idempotent_and_caps_starts():
     assert plan_scale([], 3, max_starting=None).start == 3
 
 
-def test_heartbeat_parsing_and_reading():
-    assert parse_heartbeat({b"inflight": b"3", b"admission_limit": b"64.0", b"pool": b"mixed"}) == \
-        {"inflight": 3, "admission_limit": 64, "pool": "mixed"}
-
-    class Pipe:
-        def __init__(self, data):
-            self.data, self.calls = data, []
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def hgetall(self, key):
-            self.calls.append(key)
-
-        def execute(self):
-            return [self.data.get(k, {}) for k in self.calls]
-
-    data = {"sluice:worker:w1": {b"inflight": b"2"}}
-    client = SimpleNamespace(pipeline=lambda transaction=False: Pipe(data))
-    assert read_heartbeats(client, ["w1", "w2"]) == {"w1": {"inflight": 2}}
-    assert read_heartbeats(None, ["w1"]) == {}
+def test_instance_load_and_draining_come_from_the_heartbeat():
+    beat = WorkerHeartbeat(worker_id="w@h", inflight=3, admission_limit=64)
+    info = InstanceInfo.of("c-1", "mixed", "ready", beat)
+    assert (info.worker_id, info.state, info.inflight, info.admission_limit) == ("w@h", "ready", 3, 64)
+    # a worker that says it drains is draining, whoever told it to: it is no scale-in candidate
+    leaving = InstanceInfo.of("c-2", "mixed", "ready", WorkerHeartbeat(worker_id="x@h", draining=True))
+    assert leaving.state == "draining" and choose_to_drain([leaving], 1) == []
+    unknown = InstanceInfo.of("c-3", "mixed", "starting", None, started_at=4.0)
+    assert (unknown.state, unknown.inflight, unknown.worker_id, unknown.started_at) == ("starting", None, None, 4.0)
+    assert count_instances("mixed", [info, leaving, unknown]) == PoolObservation(pool="mixed", ready=1, starting=1,
+                                                                                 draining=1)
 
 
-def test_pool_count_and_result():
-    assert PoolCount(ready=2, starting=1, draining=4).provisioned == 3
-    result = ActuationResult(pool="mixed", requested=9, target=4, before=PoolCount(ready=2), started=("x", "y"))
+def test_pool_observation_and_result():
+    assert PoolObservation(pool="mixed", ready=2, starting=1, draining=4).provisioned == 3
+    result = ActuationResult(pool="mixed", requested=9, target=4, before=PoolObservation(pool="mixed", ready=2),
+                             started=("x", "y"))
     assert result.changed and result.ok and "mixed: 2 -> 4" in result.describe()
 
 
-def test_apply_decision_and_protocol():
-    calls = []
-
+def test_actuator_protocol():
     class Fake:
-        def current(self, pool): return PoolCount()
+        def current(self, pool): return PoolObservation(pool=pool)
         def instances(self, pool): return []
         def scale(self, pool, target):
-            calls.append((pool, target))
-            return ActuationResult(pool=pool, requested=target, target=target, before=PoolCount())
+            return ActuationResult(pool=pool, requested=target, target=target, before=self.current(pool))
         def close(self): pass
 
     assert isinstance(Fake(), Actuator)
-    apply_decision(Fake(), ScaleDecision(pool="batch", current=1, target=3, reason="test"))
-    assert calls == [("batch", 3)]
+    assert not isinstance(object(), Actuator)
 
 
 def test_make_actuator_kinds():
@@ -132,21 +115,21 @@ def test_make_actuator_kinds():
 
 
 def test_default_worker_command():
-    argv = worker_command("mixed", "sluice-mixed-0@h", ["--batch-size", "32"], python="/py")
+    argv = worker_command("mixed", "sluice-mixed-0@h", ["--admission-limit", "32"], python="/py")
     assert argv == ["/py", "-m", "sluice.cli", "worker", "--pool", "mixed", "--lanes", "interactive,batch",
-                    "--worker-id", "sluice-mixed-0@h", "--batch-size", "32"]
+                    "--worker-id", "sluice-mixed-0@h", "--admission-limit", "32"]
     assert worker_command("batch", "w", python="p")[5:8] == ["batch", "--lanes", "batch"]
 
 
 # --- docker: pure spec building ----------------------------------------------------------------
 def test_container_spec():
     config = DockerConfig(image="reg/sluice:1", redis_url="redis://redis:6379/0", network="sluice-net",
-                          host="gpu-host", extra_args=("--batch-size", "32"), environment={"HF_HOME": "/hf"})
+                          host="gpu-host", extra_args=("--admission-limit", "32"), environment={"HF_HOME": "/hf"})
     spec = container_spec("interactive", 3, config)
     assert spec["image"] == "reg/sluice:1" and spec["detach"] is True
     assert spec["name"] == spec["hostname"] == "sluice-worker-interactive-3"
     assert spec["command"] == ["sluice", "worker", "--pool", "interactive", "--lanes", "interactive",
-                               "--worker-id", "sluice-interactive-3@gpu-host", "--batch-size", "32"]
+                               "--worker-id", "sluice-interactive-3@gpu-host", "--admission-limit", "32"]
     assert spec["labels"] == {"sluice.managed": "true", "sluice.pool": "interactive",
                               "sluice.worker_id": "sluice-interactive-3@gpu-host", "sluice.index": "3"}
     assert spec["environment"]["SLUICE_REDIS_URL"] == "redis://redis:6379/0"
@@ -224,46 +207,40 @@ class FakeContainers:
         raise docker.errors.NotFound(name)
 
 
-class FakeRedisPipe:
-    def __init__(self, beats):
-        self.beats, self.keys = beats, []
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def hgetall(self, key):
-        self.keys.append(key)
-
-    def execute(self):
-        return [self.beats.get(k.split(":", 2)[2], {}) for k in self.keys]
+@pytest.fixture
+def heartbeats_redis(machine_redis_url):
+    """A real Redis for the heartbeats the actuators read (the Docker and Kubernetes APIs are the fakes)."""
+    client = redis.Redis.from_url(machine_redis_url)
+    client.flushdb()
+    yield client
+    client.flushdb()
 
 
-def test_docker_actuator_flow_with_a_fake_engine():
+def beat(client, worker_id: str, inflight: int) -> None:
+    write_heartbeat(client, WorkerHeartbeat(worker_id=worker_id, inflight=inflight), ttl_s=60)
+
+
+def test_docker_actuator_flow_with_a_fake_engine(heartbeats_redis):
     pytest.importorskip("docker")
     engine = SimpleNamespace()
     engine.containers = FakeContainers(engine)
     engine.close = lambda: None
-    beats = {}
-    redis = SimpleNamespace(pipeline=lambda transaction=False: FakeRedisPipe(beats))
-    actuator = DockerActuator(client=engine, redis=redis, host="h", gpu_device_ids=("0", "1", "2"),
+    actuator = DockerActuator(client=engine, redis=heartbeats_redis, host="h", gpu_device_ids=("0", "1", "2"),
                               drain_timeout_s=120)
     result = actuator.scale("mixed", 3)
     assert result.started == ("sluice-worker-mixed-0", "sluice-worker-mixed-1", "sluice-worker-mixed-2")
     assert sorted(c.labels["sluice.gpu"] for c in engine.containers.items) == ["0", "1", "2"]
-    assert actuator.current("mixed") == PoolCount(starting=3)  # running, no heartbeat yet
-    beats.update({"sluice-mixed-0@h": {b"inflight": b"4"}, "sluice-mixed-1@h": {b"inflight": b"0"},
-                  "sluice-mixed-2@h": {b"inflight": b"7"}})
-    assert actuator.current("mixed") == PoolCount(ready=3)
+    assert actuator.current("mixed") == PoolObservation(pool="mixed", starting=3)  # running, no heartbeat yet
+    for worker_id, inflight in (("sluice-mixed-0@h", 4), ("sluice-mixed-1@h", 0), ("sluice-mixed-2@h", 7)):
+        beat(heartbeats_redis, worker_id, inflight)
+    assert actuator.current("mixed") == PoolObservation(pool="mixed", ready=3)
     assert not actuator.scale("mixed", 3).changed
     result = actuator.scale("mixed", 1)
     assert result.drained == ("sluice-worker-mixed-1", "sluice-worker-mixed-0")  # least loaded first
     actuator.wait_drained()
     stopped = {c.name: c.stopped_with for c in engine.containers.items if c.stopped_with}
     assert stopped == {"sluice-worker-mixed-1": 120, "sluice-worker-mixed-0": 120}
-    assert actuator.current("mixed") == PoolCount(ready=1)  # exited ones are reaped and removed
+    assert actuator.current("mixed") == PoolObservation(pool="mixed", ready=1)  # exited ones are reaped, removed
     assert [c.name for c in engine.containers.items] == ["sluice-worker-mixed-2"]
     # the freed index and GPU are reused
     assert actuator.scale("mixed", 2).started == ("sluice-worker-mixed-0",)
@@ -282,9 +259,9 @@ def test_kubernetes_patch_bodies():
 
 
 def test_kubernetes_counts_and_pod_state():
-    assert pool_count(3, 1, 2) == PoolCount(ready=1, starting=2, draining=2)
-    assert pool_count(None, None, 0) == PoolCount()
-    assert pool_count(1, 3, 0) == PoolCount(ready=1)  # surplus ready pods are on their way out
+    assert pool_count("batch", 3, 1, 2) == PoolObservation(pool="batch", ready=1, starting=2, draining=2)
+    assert pool_count("batch", None, None, 0) == PoolObservation(pool="batch")
+    assert pool_count("batch", 1, 3, 0) == PoolObservation(pool="batch", ready=1)  # surplus ready pods are leaving
     ready = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
     assert pod_state(ready) == "ready"
     assert pod_state({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}) == "starting"
@@ -305,7 +282,7 @@ def test_deployment_manifest():
     assert all(manifest["spec"]["template"]["metadata"]["labels"][k] == v for k, v in selector.items())
 
 
-def test_kubernetes_actuator_flow_with_fake_apis():
+def test_kubernetes_actuator_flow_with_fake_apis(heartbeats_redis):
     pytest.importorskip("kubernetes")
     from kubernetes import client as k8s
 
@@ -329,16 +306,11 @@ def test_kubernetes_actuator_flow_with_fake_apis():
         list_namespaced_pod=lambda ns, label_selector: (calls.append(("list", label_selector)), SimpleNamespace(items=pods))[1],
         patch_namespaced_pod=lambda name, ns, body: calls.append(("pod", name, body)))
 
-    class Redis:
-        def zrange(self, key, start, end):
-            return [b"sluice-mixed-p-a@p-a", b"sluice-mixed-p-b@p-b"]
-
-        def pipeline(self, transaction=False):
-            return FakeRedisPipe({"sluice-mixed-p-a@p-a": {b"inflight": b"5"}, "sluice-mixed-p-b@p-b": {b"inflight": b"1"}})
-
-    actuator = KubernetesActuator(api_client=k8s.ApiClient(), redis=Redis(), namespace="llm")
+    beat(heartbeats_redis, "sluice-mixed-p-a@p-a", 5)
+    beat(heartbeats_redis, "sluice-mixed-p-b@p-b", 1)
+    actuator = KubernetesActuator(api_client=k8s.ApiClient(), redis=heartbeats_redis, namespace="llm")
     actuator.apps, actuator.core = apps, core
-    assert actuator.current("mixed") == PoolCount(ready=2, draining=1)
+    assert actuator.current("mixed") == PoolObservation(pool="mixed", ready=2, draining=1)
     assert {i.instance_id: (i.state, i.inflight) for i in actuator.instances("mixed")} == \
         {"p-a": ("ready", 5), "p-b": ("ready", 1), "p-old": ("draining", None)}
     calls.clear()

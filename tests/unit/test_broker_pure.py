@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from broker import keys
+from core import keys
 from broker.transport import SCORE_HEADER, lane_order, message_score
 from workers.batching import DynamicBatchGate, make_gate
-from workers.celery_app import broker_url
+from broker.celery_app import broker_url
 
 
 def test_lane_order_is_configured_priority_not_declaration_order():

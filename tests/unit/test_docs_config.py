@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sluice.config import Settings
+from core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "configuration.md"
@@ -20,16 +20,12 @@ ENV_NAME = re.compile(r"SLUICE_[A-Z0-9_]*[A-Z0-9]")
 # A row of a settings table: its first cell is the variable, in backticks.
 TABLE_ROW = re.compile(r"^\|\s*`(SLUICE_[A-Z0-9_]+)`\s*\|", re.MULTILINE)
 
-# SLUICE_* variables read outside Settings (documented in their own list, not in the tables).
-NOT_SETTINGS = {"SLUICE_PREDICTOR_ARTIFACT", "SLUICE_PREDICTOR_THREADS"}
-
-
 def env_names(fields) -> set[str]:
     return {f"SLUICE_{name.upper()}" for name in fields}
 
 
 def documented_names(text: str) -> set[str]:
-    # "SLUICE_LANE_ADMISSION_LIMITS__INTERACTIVE" documents the field too: cut at the nested delimiter.
+    # "SLUICE_LANE_QUEUE_LIMITS__INTERACTIVE" documents the field too: cut at the nested delimiter.
     return {name.split("__")[0] for name in ENV_NAME.findall(text)}
 
 
@@ -71,7 +67,7 @@ def test_the_check_can_fail():
     # A prefix of another name is not a mention: SLUICE_API does not document api_port.
     assert missing_from_doc("SLUICE_API", ["api_port"]) == ["SLUICE_API_PORT"]
     # Nested form documents its field.
-    assert missing_from_doc("`SLUICE_LANE_ADMISSION_LIMITS__BATCH=5`", ["lane_admission_limits"]) == []
+    assert missing_from_doc("`SLUICE_LANE_QUEUE_LIMITS__BATCH=5`", ["lane_queue_limits"]) == []
     assert stale_rows("| `SLUICE_GONE` | x |\n", ["api_port"]) == ["SLUICE_GONE"]
 
 
@@ -80,19 +76,7 @@ def test_deployment_files_use_only_real_settings():
     files = [path for path in (COMPOSE_DIR / "docker-compose.yml", COMPOSE_DIR / "Dockerfile") if path.exists()]
     if not files:
         pytest.skip("no compose/ deployment files")
-    known = env_names(Settings.model_fields) | NOT_SETTINGS
+    known = env_names(Settings.model_fields)  # no SLUICE_* variable is read outside Settings
     used = {(path.name, name.split("__")[0]) for path in files for name in ENV_NAME.findall(path.read_text())}
     unknown = sorted((file, name) for file, name in used if name not in known)
     assert not unknown, f"SLUICE_* names that are no Settings field: {unknown}"
-
-
-def test_predict_lengths_defaults_to_the_policy_and_ssjf_cannot_turn_it_off():
-    import pydantic
-
-    from sluice.config import Settings
-
-    assert Settings(queue_policy="ssjf").predicts_lengths
-    assert not Settings(queue_policy="fcfs").predicts_lengths
-    assert Settings(queue_policy="fcfs", predict_lengths=True).predicts_lengths
-    with pytest.raises(pydantic.ValidationError, match="predict_lengths cannot be false"):
-        Settings(queue_policy="ssjf", predict_lengths=False)

@@ -1,7 +1,27 @@
 import pytest
 
-from scaler.config import ScalerConfig
+from core.scaler_config import ScalerConfig
 from scaler.policies import POLICY_NAMES, get_policy
+from scaler.policies.base import Step, Window
+from scaler.policies.chiron import (
+    BatchNeed,
+    Capacity,
+    ChironState,
+    DemandWindow,
+    Requirement,
+    Trend,
+    batch_surplus,
+    batch_target,
+    demand_trend,
+    demand_window,
+    measure_batch_throughput,
+    measure_capacity,
+    measure_lent_throughput,
+    queue_safety_net,
+    required_instances,
+    scale_in_target,
+    scale_out_target,
+)
 from scaler.state import ClusterSnapshot, DeadlineGroup, LaneObservation, PoolObservation, WorkerObservation
 
 
@@ -186,8 +206,8 @@ def test_batch_margin_grows_with_sqrt_n():
     from scaler.policies.chiron import batch_need
 
     cfg = ScalerConfig()
-    small = batch_need(snap(groups=[batch_group(1000.0, 3600, 100)]), 1000.0, 0.0, cfg).inputs["margin_tokens"]
-    large = batch_need(snap(groups=[batch_group(1000.0, 3600, 10_000)]), 1000.0, 0.0, cfg).inputs["margin_tokens"]
+    small = batch_need(snap(groups=[batch_group(1000.0, 3600, 100)]), 1000.0, 0.0, cfg).value.inputs["margin_tokens"]
+    large = batch_need(snap(groups=[batch_group(1000.0, 3600, 10_000)]), 1000.0, 0.0, cfg).value.inputs["margin_tokens"]
     assert large == pytest.approx(small * 10)
 
 
@@ -217,3 +237,170 @@ def test_every_decision_has_reason_and_inputs():
         policy = get_policy(name)
         decisions, _ = policy.decide(snap(), policy.initial_state(), ScalerConfig())
         assert all(d.reason for d in decisions)
+
+
+# --- Chiron's decision chain: each step is pure; its value and a reason that names its inputs -------------
+
+
+def with_batch_lane(s, queued=0, groups=()):
+    return ClusterSnapshot(s.now, s.observed_at, s.complete, s.pools, s.workers, s.interactive,
+                           LaneObservation("batch", queued=queued, deadline_groups=tuple(groups)))
+
+
+def test_measure_capacity_prior_when_online_measurement_off():
+    cfg = ScalerConfig()
+    cfg.chiron.interactive_capacity_tokens_per_s_prior = 9000.0
+    hot = WorkerObservation("a", "mixed", True, 30, 0, 64, 0.095, interactive_tokens_per_s=7000.0)
+    step = measure_capacity(snap(ws=(hot,)), ChironState(), cfg)
+    assert step.name == "measure_capacity" and step.value == Capacity(None, 9000.0)
+    assert "9000 tok/s" in step.reason and "prior" in step.reason and "off" in step.reason
+
+
+def test_measure_capacity_smooths_saturated_samples():
+    cfg = ScalerConfig()
+    cfg.chiron.measure_capacity_online, cfg.chiron.capacity_ewma_alpha = True, 0.2
+    hot = WorkerObservation("a", "mixed", True, 30, 0, 64, 0.095, interactive_tokens_per_s=7000.0)
+    step = measure_capacity(snap(ws=(hot,)), ChironState(capacity_tokens_per_s=5000.0), cfg)
+    assert step.value == Capacity(pytest.approx(5400.0), pytest.approx(5400.0))
+    assert "5400 tok/s" in step.reason and "7000 this period" in step.reason and "0.20" in step.reason
+    cool = WorkerObservation("c", "mixed", True, 5, 0, 64, 0.03, interactive_tokens_per_s=500.0)
+    kept = measure_capacity(snap(ws=(cool,)), ChironState(capacity_tokens_per_s=5000.0), cfg)
+    assert kept.value == Capacity(5000.0, 5000.0) and "measured earlier" in kept.reason
+
+
+def test_demand_window_keeps_history_and_takes_the_peak():
+    cfg = ScalerConfig()  # demand window 30 s, trend window 120 s
+    old = ((800.0, 1e6), (900.0, 500.0), (980.0, 4000.0), (995.0, 2000.0))
+    step = demand_window(demand_snap(1000.0, 1500.0), ChironState(demand=old), cfg)
+    assert step.value.history == ((900.0, 500.0), (980.0, 4000.0), (995.0, 2000.0), (1000.0, 1500.0))
+    assert step.value.arrival == 1500.0 and step.value.peak == 4000.0
+    assert "1500 tok/s" in step.reason and "4000 tok/s" in step.reason and "30 s" in step.reason
+
+
+def test_demand_trend_needs_half_a_window_of_history():
+    cfg = ScalerConfig()
+    young = DemandWindow(((950.0, 100.0), (975.0, 200.0), (1000.0, 300.0)), 300.0, 300.0)
+    step = demand_trend(snap(now=1000.0), young, cfg)
+    assert step.value == Trend(0.0, 0.0) and "50 s of history" in step.reason and "60 s" in step.reason
+
+
+def test_demand_trend_projects_growth_over_a_cold_start():
+    cfg = ScalerConfig()
+    rising = tuple((1000.0 - 10 * k, 1000.0 - 20 * k) for k in range(10, -1, -1))  # +2 tok/s per s over 100 s
+    step = demand_trend(snap(now=1000.0), DemandWindow(rising, 1000.0, 1000.0), cfg)
+    assert step.value.slope == pytest.approx(2.0) and step.value.growth == pytest.approx(2.0 * cfg.chiron.cold_start_s)
+    assert "+2.00" in step.reason and "100 s" in step.reason and f"{2.0 * cfg.chiron.cold_start_s:.0f} tok/s" in step.reason
+    falling = tuple((t, -v) for t, v in rising)
+    assert demand_trend(snap(now=1000.0), DemandWindow(falling, 0.0, 0.0), cfg).value.growth == 0.0
+
+
+def test_required_instances_from_demand_and_capacity():
+    cfg = ScalerConfig()
+    cfg.chiron.target_utilization = 0.8
+    state = ChironState(required=((1000.0 - cfg.chiron.scale_in_stabilization_s, 9), (900.0, 5)))
+    step = required_instances(snap(now=1000.0), state, DemandWindow((), 0.0, 7000.0), Trend(1.0, 1000.0),
+                              Capacity(None, 1000.0), cfg)
+    assert step.value == Requirement(8000.0, 10, ((900.0, 5), (1000.0, 10)))  # ceil(8000 / 800)
+    for part in ("demand 8000 tok/s", "window peak 7000", "growth 1000", "10 instances", "1000 tok/s x 0.80"):
+        assert part in step.reason
+    idle = required_instances(snap(), ChironState(), DemandWindow((), 0.0, 0.0), Trend(0.0, 0.0), Capacity(None, 1000.0), cfg)
+    assert idle.value.instances == 1  # never plans for zero
+
+
+def test_queue_safety_net_adds_instances_for_the_backlog():
+    cfg = ScalerConfig()  # fires past 0.5 x 2 s TTFT
+    requirement = Requirement(0.0, 2, ())
+    calm = queue_safety_net(snap(queued=100, wait=0.8), ChironState(), requirement, cfg)
+    assert calm.value is None and "0.8 s" in calm.reason and "0.50 x TTFT" in calm.reason
+    # 4 mixed workers with admission limit 100: 250 queued requests need 3 more instances.
+    fired = queue_safety_net(snap(queued=250, wait=1.5), ChironState(), requirement, cfg)
+    assert fired.value == 7 and "1.5 s" in fired.reason and "scale out" in fired.reason
+    cooling = queue_safety_net(snap(queued=250, wait=1.5), ChironState(last_queue_scale_out=970.0), requirement, cfg)
+    assert cooling.value is None and "30 s ago" in cooling.reason and "cooldown" in cooling.reason
+
+
+def test_scale_out_target_goes_to_the_requirement_in_one_step():
+    cfg = ScalerConfig()
+    required = required_instances(snap(), ChironState(), DemandWindow((), 0.0, 8000.0), Trend(0.0, 0.0),
+                                  Capacity(None, 1000.0), cfg)
+    step = scale_out_target(snap(mixed=4), required, cfg)
+    assert step.value == 10 and step.reason == f"{required.reason}: scale out"
+    held = scale_out_target(snap(mixed=12, ws=workers("mixed", 12)), required, cfg)
+    assert held.value is None and "10 required <= 12 provisioned" in held.reason
+
+
+def test_scale_in_target_waits_for_a_full_quiet_window():
+    cfg = ScalerConfig()
+    window = cfg.chiron.scale_in_stabilization_s
+    now = 1000.0 + window
+    full = Requirement(0.0, 2, ((1000.0 + cfg.chiron.period_s, 3), (now, 2)))
+    s = snap(now=now, mixed=8, ws=workers("mixed", 8))
+    step = scale_in_target(s, ChironState(), full, cfg)
+    assert step.value == 3 and "<= 3" in step.reason and "8 provisioned" in step.reason and "scale in" in step.reason
+    busy = Requirement(0.0, 2, ((1000.0 + cfg.chiron.period_s, 8), (now, 2)))
+    assert "reached 8" in scale_in_target(s, ChironState(), busy, cfg).reason
+    young = Requirement(0.0, 2, ((now - 100.0, 3), (now, 2)))
+    assert "100 s only" in scale_in_target(s, ChironState(), young, cfg).reason
+    recent = scale_in_target(s, ChironState(last_scale_in=now - 60.0), full, cfg)
+    assert recent.value is None and "60 s ago" in recent.reason
+    queued = scale_in_target(snap(now=now, mixed=8, ws=workers("mixed", 8), queued=4), ChironState(), full, cfg)
+    assert queued.value is None and "4 interactive requests queued" in queued.reason
+
+
+def test_measure_batch_throughput_on_workers_at_their_limit():
+    cfg = ScalerConfig()
+    cfg.chiron.batch_tokens_per_s_prior = 2000.0
+    at_limit = WorkerObservation("b0", "batch", True, 0, 64, 64, 0.05, batch_tokens_per_s=3000.0)
+    below = WorkerObservation("b1", "batch", True, 0, 10, 64, 0.05, batch_tokens_per_s=500.0)
+    s = snap(batch_pool=2, ws=workers("mixed", 4) + (at_limit, below))
+    step = measure_batch_throughput(s, ChironState(), cfg)
+    assert step.value == 3000.0 and "3000 tok/s" in step.reason and "1 batch workers" in step.reason
+    assert measure_batch_throughput(snap(), ChironState(batch_tokens_per_s=2500.0), cfg).value == 2500.0
+    prior = measure_batch_throughput(snap(), ChironState(), cfg)
+    assert prior.value == 2000.0 and "prior" in prior.reason
+
+
+def test_measure_lent_throughput_measured_while_backlogged_else_spare_share():
+    cfg = ScalerConfig()
+    cfg.chiron.lent_ewma_alpha, cfg.chiron.mixed_lend_efficiency = 0.5, 0.5
+    lending = tuple(WorkerObservation(f"m{i}", "mixed", True, 10, 20, 100, 0.03, batch_tokens_per_s=200.0) for i in range(4))
+    backlogged = with_batch_lane(snap(ws=lending), queued=300)
+    step = measure_lent_throughput(backlogged, ChironState(lent_tokens_per_s=100.0), 1000.0, cfg)
+    assert step.value.per_worker == 150.0 and step.value.tokens_per_s == 600.0
+    assert "600 tok/s" in step.reason and "150 x 4" in step.reason and "200 this period" in step.reason
+    # Not measured yet: each mixed worker lends its spare share (1 - utilization) at the batch rate x efficiency.
+    spare = measure_lent_throughput(snap(ws=workers("mixed", 4, running=25, limit=100, itl=0.02)), ChironState(), 1000.0, cfg)
+    assert spare.value.per_worker is None and spare.value.tokens_per_s == pytest.approx(4 * 0.75 * 1000.0 * 0.5)
+    assert "3.00 spare workers" in spare.reason and "1000 tok/s" in spare.reason and "0.50" in spare.reason
+
+
+def test_batch_surplus_and_target():
+    cfg = ScalerConfig()
+    cfg.chiron.batch_scale_in_stabilization_s = 120.0
+    s = snap(now=1000.0, batch_pool=5, ws=workers("mixed", 4) + workers("batch", 5))
+    met = BatchNeed(2, False, {})
+    surplus = batch_surplus(s, ChironState(batch_surplus=Window(900.0)), met, cfg)
+    assert surplus.value == Window(900.0) and "100 s" in surplus.reason and "2 needed < 5 provisioned" in surplus.reason
+    assert batch_target(s, Step("batch_need", met, "deadlines met"), surplus.value, cfg).value is None  # not yet
+    lasted = batch_target(s, Step("batch_need", met, "deadlines met"), Window(870.0), cfg)
+    assert lasted.value == 2 and lasted.reason == "deadlines met: scale in surplus"
+    risk = BatchNeed(8, True, {})
+    assert batch_surplus(s, ChironState(batch_surplus=Window(900.0)), risk, cfg).value == Window(None)
+    grow = batch_target(s, Step("batch_need", risk, "deadline at risk"), Window(None), cfg)
+    assert grow.value == 8 and grow.reason == "deadline at risk"
+
+
+def test_chiron_decision_explains_its_steps_in_order():
+    policy, cfg = get_policy("chiron"), ScalerConfig()
+    cap = cfg.chiron.interactive_capacity_tokens_per_s_prior * cfg.chiron.target_utilization
+    decisions, _ = policy.decide(demand_snap(1000.0, 10 * cap - 1), policy.initial_state(), cfg)
+    d = by_pool(decisions)["mixed"]
+    steps = d.inputs["steps"]
+    assert list(steps) == ["measure_capacity", "demand_window", "demand_trend", "required_instances",
+                           "queue_safety_net", "scale_out_target"]  # the chain stops at the step that decides
+    assert d.reason == steps["scale_out_target"]
+    held = by_pool(policy.decide(demand_snap(1000.0, cap), policy.initial_state(), cfg)[0])["mixed"]
+    assert list(held.inputs["steps"])[-1] == "scale_in_target" and not held.is_change
+    batch = by_pool(decisions)["batch"]
+    assert list(batch.inputs["steps"]) == ["measure_batch_throughput", "measure_lent_throughput", "batch_need",
+                                           "batch_surplus", "batch_target"]

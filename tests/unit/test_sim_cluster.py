@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from scaler.config import ScalerConfig
+from core.scaler_config import ScalerConfig
 from scaler.sim.cluster import ClusterSimulation, SimSettings
 from scaler.sim.latency import engine
 from scaler.sim.workload import Requests

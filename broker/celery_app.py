@@ -1,4 +1,8 @@
-"""The Celery application every Sluice process shares (API publishes, workers consume, Flower watches)."""
+"""The Celery application every Sluice process shares (API publishes, workers consume, Flower watches).
+
+There is no module-level app: each process builds its own with ``create_app(settings)``
+(`sluice flower` starts Flower from one).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,8 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 import broker.transport  # noqa: F401  (registers the sluice:// transport)
-from sluice.config import SLO_CLASSES, Settings, get_settings
+from core.names import SLO_CLASSES
+from core.settings import Settings
 
 
 def broker_url(redis_url: str) -> str:
@@ -38,10 +43,6 @@ def create_app(settings: Settings) -> Celery:
             "visibility_timeout": settings.visibility_timeout_s,
             "lane_priority": tuple(settings.lanes),
         },
-        imports=["workers.tasks", "workers.control"],
     )
     return app
 
-
-# For `celery -A workers.celery_app ...` (Flower); Sluice's own processes call create_app.
-app = create_app(get_settings())

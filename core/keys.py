@@ -35,6 +35,12 @@ SCALER_ACTIONS = PREFIX + ":scaler:actions"
 # Completed-request records (bounded list) for metrics, the scaler and the predictor.
 COMPLETIONS = PREFIX + ":completions"
 
+# Files (the OpenAI Files API, broker/files.py): one metadata hash per file; its content is in the file store.
+FILE = PREFIX + ":file:{file_id}"
+# Every file's id, and the ids of each purpose's files, scored by creation time (listing and its cursor).
+FILES = PREFIX + ":files"
+FILES_BY_PURPOSE = PREFIX + ":files:purpose:{purpose}"
+
 
 def lane_key(queue: str) -> str:
     return LANE.format(queue=queue)
@@ -56,3 +62,11 @@ def request_key(request_id: str) -> str:
 
 def request_events_key(request_id: str) -> str:
     return REQUEST_EVENTS.format(request_id=request_id)
+
+
+def file_key(file_id: str) -> str:
+    return FILE.format(file_id=file_id)
+
+
+def files_by_purpose_key(purpose: str) -> str:
+    return FILES_BY_PURPOSE.format(purpose=purpose)

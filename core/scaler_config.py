@@ -6,9 +6,8 @@ can nest :class:`ScalerConfig` directly.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-POOLS = ("interactive", "batch", "mixed")
 
 
 class SLOConfig(BaseModel):
@@ -38,7 +37,12 @@ def _default_pool_limits() -> dict[str, PoolLimits]:
 
 
 class LocalAutoscalerConfig(BaseModel):
-    """Per-worker AIMD on the engine's batch-size limit (max concurrently running sequences)."""
+    """Per-worker AIMD on the worker's admission limit (requests it runs at once, i.e. the engine's
+    concurrently running sequences)."""
+
+    # An unknown field is an error, not ignored: the limits were renamed (min/max/initial_batch_size ->
+    # *_admission_limit), and an old SLUICE_SCALER__LOCAL__MAX_BATCH_SIZE must not silently do nothing.
+    model_config = ConfigDict(extra="forbid")
 
     control_period_s: float = Field(1.0, gt=0, description="How often each worker re-evaluates its limit.")
     itl_ewma_alpha: float = Field(
@@ -48,9 +52,11 @@ class LocalAutoscalerConfig(BaseModel):
     multiplicative_decrease: float = Field(
         0.5, gt=0, lt=1, description="Factor applied to the limit when backpressure >= 1 (halving, as TCP)."
     )
-    min_batch_size: int = Field(8, ge=1, description="Floor: below this the GPU idles on weight reads.")
-    max_batch_size: int = Field(256, ge=1, description="Ceiling: vLLM's default max_num_seqs.")
-    initial_batch_size: int = Field(64, ge=1, description="Limit a fresh worker starts from.")
+    min_admission_limit: int = Field(8, ge=1, description="Floor: below this the GPU idles on weight reads.")
+    max_admission_limit: int = Field(256, ge=1, description="Ceiling: vLLM's default max_num_seqs.")
+    initial_admission_limit: int = Field(
+        64, ge=1, description="Limit a fresh simulated worker starts from (a live worker reports its own)."
+    )
     throughput_drop_tolerance: float = Field(
         0.05,
         ge=0,

@@ -1,23 +1,24 @@
 """One settings model for every Sluice process.
 
 Values come from ``SLUICE_*`` environment variables (nested fields use a double
-underscore, e.g. ``SLUICE_LANE_ADMISSION_LIMITS='{"interactive": 500}'``) and
-from command-line flags, which the CLI writes on top.  ``docs/configuration.md``
-lists every field; keep the two in step.
+underscore, e.g. ``SLUICE_LANE_QUEUE_LIMITS='{"interactive": 500}'``) and
+from command-line flags (``Settings(**flags)``: init arguments beat variables).  Each process
+builds its Settings once and passes it down; a child gets its parent's as variables
+(``settings_env``).  ``docs/configuration.md`` lists every field; keep the two in step.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+import json
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from scaler.config import ScalerConfig
+from core.names import SLO_CLASSES
+from core.scaler_config import ScalerConfig
 
-SLO_CLASSES = ("interactive", "batch")
 QueuePolicyName = Literal["fcfs", "ssjf", "oracle"]
 BatchingMode = Literal["continuous", "dynamic", "none"]
 
@@ -38,28 +39,36 @@ class Settings(BaseSettings):
     api_port: int = 8000
     flower_port: int = 5555
     flower_address: str = "127.0.0.1"
-    lane_admission_limits: dict[str, int] = Field(
+    lane_queue_limits: dict[str, int] = Field(
         default_factory=lambda: {"interactive": 2000, "batch": 100_000},
         description="Queued requests a lane holds before the API answers 429.",
     )
     default_max_tokens: int = Field(256, description="max_tokens when a request names none.")
     request_timeout_s: float = Field(900.0, description="How long the API waits for a request to finish.")
     retry_after_s: int = Field(2, description="Retry-After sent with 429.")
+    batch_file_max_bytes: int = Field(
+        200 * 1024 * 1024, ge=1, description="Largest file `POST /v1/files` accepts (413 above it).")
+    batch_file_max_lines: int = Field(
+        100_000, ge=1, description="Most lines a file `POST /v1/files` accepts (400 above it).")
 
     # --- queue ---------------------------------------------------------------
     lanes: list[str] = Field(
         default_factory=lambda: list(SLO_CLASSES),
         description="Lanes in priority order: a worker always serves the first non-empty one.",
     )
-    queue_policy: QueuePolicyName = Field("fcfs", description="Score function: fcfs, ssjf or oracle.")
+    queue_policy: QueuePolicyName = Field(
+        "ssjf", description="Queue policy (broker/queue_policies.py): ssjf (predicted shortest first), fcfs or oracle.")
     ssjf_aging_tokens_per_s: float = Field(
         20.0, description="Aging: a request is overtaken only by requests arriving < predicted_tokens/this seconds later."
     )
     ssjf_max_predicted_tokens: float = Field(4096.0, description="Cap on the predicted length used in scores.")
     predict_lengths: bool | None = Field(
-        None, description="Predict output lengths at enqueue. Unset: only with queue_policy=ssjf, which needs them.")
+        None, description="Predict output lengths at enqueue, under any policy. Unset: when the policy needs them (ssjf).")
     predictor_registry: Path | None = Field(
         None, description="Predictor version registry (versions/ + CURRENT). Unset: <data_dir>/predictor-registry.")
+    predictor_threads: int = Field(
+        1, ge=1, description="CPU threads of the API's predictor: one, because the API shares its host with vLLM "
+        "engines whose OpenMP threads spin, and a multi-threaded forward stalls at every barrier behind them.")
     predictor_reload_interval_s: float = Field(10.0, description="How often the API checks for a new predictor version.")
     predictor_feedback: bool = Field(True, description="Log finished requests for `sluice predictor retrain`.")
     predictor_feedback_max_entries: int = Field(50_000, description="Bound on the traffic log.")
@@ -73,8 +82,8 @@ class Settings(BaseSettings):
     worker_id: str | None = Field(None, description="Worker name. Unset: sluice-<pid>@<host>.")
     worker_lanes: list[str] = Field(default_factory=lambda: list(SLO_CLASSES), description="Lanes this worker consumes.")
     worker_pool: Literal["interactive", "batch", "mixed"] = "mixed"
-    batch_size: int = Field(32, description="Initial admission limit: requests a worker runs at once.")
-    max_batch_size: int = Field(128, description="Upper bound for the admission limit (worker threads).")
+    admission_limit: int = Field(32, description="Initial admission limit: requests a worker runs at once.")
+    max_admission_limit: int = Field(128, description="Upper bound for the admission limit (worker threads).")
     batching_mode: BatchingMode = "continuous"
     dynamic_batch_timeout_s: float = 0.05
     heartbeat_interval_s: float = 1.0
@@ -94,12 +103,9 @@ class Settings(BaseSettings):
     scaler_actuator: Literal["local", "docker", "kubernetes"] = "local"
     scaler: ScalerConfig = Field(default_factory=ScalerConfig, description="Every scaling constant (docs/scaler.md).")
 
-    @property
-    def predicts_lengths(self) -> bool:
-        return self.queue_policy == "ssjf" if self.predict_lengths is None else self.predict_lengths
-
     @model_validator(mode="after")
     def _ssjf_needs_predictions(self) -> "Settings":
+        # Fails at start-up; the running API asks the policy object (broker.queue_policies.predicts_lengths).
         if self.queue_policy == "ssjf" and self.predict_lengths is False:
             raise ValueError("queue_policy=ssjf scores by predicted length: predict_lengths cannot be false")
         return self
@@ -121,6 +127,11 @@ class Settings(BaseSettings):
         return self.predictor_registry if self.predictor_registry is not None else self.data_dir / "predictor-registry"
 
     @property
+    def files_dir(self) -> Path:
+        """Where the local file store keeps uploaded and batch output files."""
+        return self.data_dir / "files"
+
+    @property
     def model_name(self) -> str:
         return self.served_model_name or self.model_dir.name
 
@@ -133,6 +144,15 @@ class Settings(BaseSettings):
         return self.redis_url
 
 
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The SLUICE_* variables that give a child process these settings: every field that was given
+    (by a variable or a flag), JSON for lists, dicts and nested models. A child started with them, and
+    with no other SLUICE_* variable, builds an equal Settings."""
+    env = {}
+    for name, value in settings.model_dump(mode="json", include=settings.model_fields_set).items():
+        if value is None:
+            continue  # unset is the default of every optional field
+        if isinstance(value, (dict, list, bool)):
+            value = json.dumps(value)
+        env[f"SLUICE_{name.upper()}"] = str(value)
+    return env

@@ -1,0 +1,473 @@
+"""The request ledger: the one writer of request state (``sluice:req:<id>``).
+
+A request's life, one atomic Redis step (a Lua script) per arrow; each step changes the request's state,
+its deadline accounting (:mod:`broker.deadlines`), its terminal event (:mod:`broker.request_events`) and,
+where it moves, its message in the lane together or not at all::
+
+    publish --enqueue--> queued --start--> running --finish--> done
+                           ^  |                |   +---fail----> failed
+                           |  |                |
+                           +--|----requeue-----+   (preempted: its message goes back to its lane)
+                              +----cancel------> cancelled
+                              +----expire------> expired
+
+    A delivery of a request that has ended (done, failed, cancelled, expired): start drops it.
+
+Who calls what:
+
+* **API** publishes with Celery's ``send_task`` as before (Flower sees every task), adding the header
+  ``LEDGER_HEADER: LedgerEntry.for_request(request).to_header()``.  The transport's ``_put``
+  (:mod:`broker.transport`) strips that header from the stored message and calls :meth:`Ledger.enqueue`,
+  which ZADDs the message into its lane AND writes the queued state, the deadline tokens (+) and the
+  arrival counters.  A failed publish leaves none of them.
+* **Worker** (``GenerationRequest`` in hand; ``now`` defaults to the current time where it is optional):
+
+  - ``start(request_id, worker_id, now) -> int | None``: the attempt number this delivery runs as, or
+    ``None``: drop (acknowledge without running) a delivery of a request that already ended.
+  - ``finish(request, attempt, record, text, completion) -> int | None``: done, the answer kept with the
+    state, the ``done`` event, the completion log, deadline (−).  ``record`` is the completion record
+    without its text (it is the ``done`` event), ``record["finished_at"]`` is when.
+  - ``fail(request, attempt, error, now=None) -> int | None``: failed, the ``error`` event, deadline (−).
+  - ``requeue(request, attempt, worker_id, now=None) -> int | None``: preempted: queued again,
+    ``preemptions`` +1, the ``preempted`` event (the task then requeues its message).
+
+  ``finish``, ``fail`` and ``requeue`` are fenced: only the newest attempt of a request that has not
+  ended answers.  They return ``None`` when this attempt's step was applied, else the newest attempt
+  number (greater than ``attempt`` when another attempt started since; equal to it when the request had
+  already ended), and then wrote nothing.
+* **Cancel / expire** (the batch issue's): ``cancel(request_id, now, lane=None, member=None) -> bool`` and
+  ``expire(...)`` end a *queued* request (True when this call ended it): status, deadline (−), an ``error``
+  event for whoever follows it, and the message ZREMed from ``lane`` when the caller passes its lane
+  member; a message left in the lane is dropped by the ``start`` of its delivery.
+* **Anyone** reads with ``read(request_id) -> RequestRecord | None``.
+
+:class:`Ledger` takes a ``redis.Redis``, :class:`AsyncLedger` a ``redis.asyncio.Redis``; both have the
+same methods (``enqueue`` is the transport's, sync only).  Deadline accounting uses the bucket and
+predicted tokens written at enqueue, so (−) undoes exactly the (+), once: on the step from queued or
+running to an ended status.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+from broker import deadlines
+from broker.messages import GenerationRequest
+from broker.request_events import EVENT_FIELD, EVENTS_TTL_S, encode_event
+from core import keys
+
+REQUEST_STATE_TTL_S = 24 * 3600
+COMPLETIONS_KEPT = 10_000
+# The publish header that carries a LedgerEntry to the transport (which strips it from the stored message).
+LEDGER_HEADER = "sluice_ledger"
+
+
+class RequestStatus(str, enum.Enum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+    expired = "expired"
+
+    @property
+    def ended(self) -> bool:
+        return self in ENDED
+
+
+ENDED = frozenset({RequestStatus.done, RequestStatus.failed, RequestStatus.cancelled, RequestStatus.expired})
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _optional_float(raw: Mapping[str, str], name: str) -> float | None:
+    value = raw.get(name)
+    return float(value) if value not in (None, "") else None
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """A typed read of a request's state hash."""
+
+    request_id: str
+    status: RequestStatus
+    lane: str | None = None
+    attempt: int = 0
+    worker: str | None = None
+    enqueued_at: float | None = None
+    score: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    preemptions: int = 0
+    result: dict | None = None  # the answer of a done request: its completion record with the text
+    error: str | None = None
+    deadline: float | None = None
+
+    @classmethod
+    def from_redis(cls, request_id: str, raw: Mapping) -> RequestRecord:
+        fields = {_text(name): _text(value) for name, value in raw.items()}
+        return cls(
+            request_id=request_id,
+            status=RequestStatus(fields["status"]),
+            lane=fields.get("lane"),
+            attempt=int(fields.get("attempt", 0)),
+            worker=fields.get("worker"),
+            enqueued_at=_optional_float(fields, "enqueued_at"),
+            score=_optional_float(fields, "score"),
+            started_at=_optional_float(fields, "started_at"),
+            finished_at=_optional_float(fields, "finished_at"),
+            preemptions=int(fields.get("preemptions", 0)),
+            result=json.loads(fields["result"]) if fields.get("result") else None,
+            error=fields.get("error") or None,
+            deadline=_optional_float(fields, "deadline"),
+        )
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """What the ledger records when a request enters its lane (its score is the message's lane score)."""
+
+    request_id: str
+    enqueued_at: float
+    deadline: float | None = None
+    # Set for a batch request with a deadline: the bucket it counts in (broker.deadlines).
+    deadline_bucket: str | None = None
+    expected_tokens: float = 0.0  # predicted output tokens, capped by max_tokens
+    arrival_tokens: float = 0.0  # prompt + expected output tokens, for the scaler's arrival rate
+
+    def __post_init__(self):
+        # A value Redis rejects half-way through the script would leave half a request: refuse it here.
+        for name in ("enqueued_at", "deadline", "expected_tokens", "arrival_tokens"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"ledger entry {self.request_id}: {name} is {value}")
+
+    @classmethod
+    def for_request(cls, request: GenerationRequest) -> LedgerEntry:
+        expected = deadlines.expected_tokens(request)
+        tracked = request.slo == "batch" and request.deadline is not None
+        return cls(
+            request_id=request.request_id,
+            enqueued_at=request.enqueued_at,
+            deadline=request.deadline,
+            deadline_bucket=deadlines.deadline_bucket(request.deadline) if tracked else None,
+            expected_tokens=expected,
+            arrival_tokens=request.prompt_tokens + expected,
+        )
+
+    def to_header(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_header(cls, header: Mapping) -> LedgerEntry:
+        return cls(**header)
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def _now(now: float | None) -> float:
+    return time.time() if now is None else now
+
+
+# --- the scripts ----------------------------------------------------------------------------------
+# Every script checks the types of all its keys before its first write: Redis does not roll back a
+# script that fails half-way, so one that cannot finish must not start.
+_LUA_COMMON = """
+local EVENT_FIELD = '%s'
+local ENDED = {done = true, failed = true, cancelled = true, expired = true}
+
+local function wrong_type(specs)
+  for i = 1, #specs, 2 do
+    local found = redis.call('TYPE', specs[i])['ok']
+    if found ~= 'none' and found ~= specs[i + 1] then
+      return 'WRONGTYPE ' .. specs[i] .. ' holds a ' .. found .. ', the request ledger needs a ' .. specs[i + 1]
+    end
+  end
+  return nil
+end
+
+-- The attempt that may answer is the newest, while the request has not ended: nil then, else the newest.
+local function superseded(state, attempt)
+  local newest = tonumber(redis.call('HGET', state, 'attempt') or '0')
+  if newest ~= tonumber(attempt) or ENDED[redis.call('HGET', state, 'status')] then
+    return newest
+  end
+  return nil
+end
+
+-- Take a batch request's work out of its deadline bucket; called once, on the step that ends it.
+local function release_deadline(state, deadline_requests, deadline_tokens)
+  local bucket = redis.call('HGET', state, 'deadline_bucket')
+  if not bucket then
+    return
+  end
+  local tokens = redis.call('HGET', state, 'expected_tokens') or '0'
+  if string.sub(tokens, 1, 1) == '-' then tokens = string.sub(tokens, 2) else tokens = '-' .. tokens end
+  redis.call('HINCRBY', deadline_requests, bucket, -1)
+  redis.call('HINCRBYFLOAT', deadline_tokens, bucket, tokens)
+end
+""" % EVENT_FIELD
+
+# KEYS: lane, state, deadline requests, deadline tokens, arrivals
+# ARGV: message, score, lane, enqueued_at, state TTL, deadline, deadline bucket, expected tokens, arrival tokens
+_ENQUEUE = _LUA_COMMON + """
+local wrong = wrong_type({KEYS[1], 'zset', KEYS[2], 'hash', KEYS[3], 'hash', KEYS[4], 'hash', KEYS[5], 'hash'})
+if wrong then return redis.error_reply(wrong) end
+-- A publish retried after its first try reached Redis: the request is in its lane already.
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], 'status', 'queued', 'lane', ARGV[3], 'enqueued_at', ARGV[4], 'score', ARGV[2],
+           'expected_tokens', ARGV[8])
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'deadline', ARGV[6]) end
+if ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[2], 'deadline_bucket', ARGV[7])
+  redis.call('HINCRBY', KEYS[3], ARGV[7], 1)
+  redis.call('HINCRBYFLOAT', KEYS[4], ARGV[7], ARGV[8])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('HINCRBY', KEYS[5], 'requests:' .. ARGV[3], 1)
+redis.call('HINCRBYFLOAT', KEYS[5], 'tokens:' .. ARGV[3], ARGV[9])
+return 1
+"""
+
+# KEYS: state.  ARGV: worker id, started_at, state TTL.  Returns the attempt, 0 to drop the delivery.
+_START = _LUA_COMMON + """
+local wrong = wrong_type({KEYS[1], 'hash'})
+if wrong then return redis.error_reply(wrong) end
+if ENDED[redis.call('HGET', KEYS[1], 'status')] then return 0 end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return attempt
+"""
+
+# KEYS: state, events, completions, deadline requests, deadline tokens
+# ARGV: attempt, finished_at, result, done event, completion, events TTL, completions kept, state TTL
+_FINISH = _LUA_COMMON + """
+local wrong = wrong_type({KEYS[1], 'hash', KEYS[2], 'stream', KEYS[3], 'list', KEYS[4], 'hash', KEYS[5], 'hash'})
+if wrong then return redis.error_reply(wrong) end
+local newest = superseded(KEYS[1], ARGV[1])
+if newest then return newest end
+redis.call('HSET', KEYS[1], 'status', 'done', 'finished_at', ARGV[2], 'result', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[8])
+redis.call('XADD', KEYS[2], '*', EVENT_FIELD, ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('LPUSH', KEYS[3], ARGV[5])
+redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[7]) - 1)
+release_deadline(KEYS[1], KEYS[4], KEYS[5])
+return false
+"""
+
+# KEYS: state, events, deadline requests, deadline tokens
+# ARGV: attempt, finished_at, error, error event, events TTL, state TTL
+_FAIL = _LUA_COMMON + """
+local wrong = wrong_type({KEYS[1], 'hash', KEYS[2], 'stream', KEYS[3], 'hash', KEYS[4], 'hash'})
+if wrong then return redis.error_reply(wrong) end
+local newest = superseded(KEYS[1], ARGV[1])
+if newest then return newest end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('XADD', KEYS[2], '*', EVENT_FIELD, ARGV[4])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+release_deadline(KEYS[1], KEYS[3], KEYS[4])
+return false
+"""
+
+# KEYS: state, events.  ARGV: attempt, preempted_at, preempted event, events TTL
+_REQUEUE = _LUA_COMMON + """
+local wrong = wrong_type({KEYS[1], 'hash', KEYS[2], 'stream'})
+if wrong then return redis.error_reply(wrong) end
+local newest = superseded(KEYS[1], ARGV[1])
+if newest then return newest end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'preempted_at', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'preemptions', 1)
+-- For whoever reads the stream: this attempt ends here, unanswered; a later one starts over.
+redis.call('XADD', KEYS[2], '*', EVENT_FIELD, ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return false
+"""
+
+# KEYS: state, events, deadline requests, deadline tokens[, lane]
+# ARGV: cancelled|expired, now, message, events TTL, state TTL[, lane member]
+_END_QUEUED = _LUA_COMMON + """
+local specs = {KEYS[1], 'hash', KEYS[2], 'stream', KEYS[3], 'hash', KEYS[4], 'hash'}
+if KEYS[5] then table.insert(specs, KEYS[5]); table.insert(specs, 'zset') end
+local wrong = wrong_type(specs)
+if wrong then return redis.error_reply(wrong) end
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
+local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+if KEYS[5] then redis.call('ZREM', KEYS[5], ARGV[6]) end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+release_deadline(KEYS[1], KEYS[3], KEYS[4])
+-- Whoever follows the request hears it ended (api/events.py: an error event of its current attempt).
+redis.call('XADD', KEYS[2], '*', EVENT_FIELD,
+           cjson.encode({type = 'error', attempt = attempt, status = ARGV[1], message = ARGV[3]}))
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+
+_SCRIPTS = {"enqueue": _ENQUEUE, "start": _START, "finish": _FINISH, "fail": _FAIL, "requeue": _REQUEUE,
+            "end_queued": _END_QUEUED}
+
+
+# --- the calls, shared by the sync and async ledgers ------------------------------------------------
+@dataclass(frozen=True)
+class _Call:
+    script: str
+    keys: list
+    args: list
+
+
+def _enqueue_call(queue: str, message: str | bytes, score: float, entry: LedgerEntry) -> _Call:
+    if not math.isfinite(score):
+        raise ValueError(f"ledger entry {entry.request_id}: score is {score}")
+    return _Call("enqueue",
+                 [keys.lane_key(queue), keys.request_key(entry.request_id), keys.DEADLINE_REQUESTS,
+                  keys.DEADLINE_TOKENS, keys.ARRIVALS],
+                 [message, repr(float(score)), queue, _number(entry.enqueued_at), REQUEST_STATE_TTL_S,
+                  _number(entry.deadline), entry.deadline_bucket or "", _number(entry.expected_tokens),
+                  _number(entry.arrival_tokens)])
+
+
+def _start_call(request_id: str, worker_id: str, now: float) -> _Call:
+    return _Call("start", [keys.request_key(request_id)], [worker_id, _number(now), REQUEST_STATE_TTL_S])
+
+
+def _finish_call(request: GenerationRequest, attempt: int, record: dict, text: str, completion: dict) -> _Call:
+    request_id = request.request_id
+    return _Call("finish",
+                 [keys.request_key(request_id), keys.request_events_key(request_id), keys.COMPLETIONS,
+                  keys.DEADLINE_REQUESTS, keys.DEADLINE_TOKENS],
+                 [attempt, _number(record["finished_at"]),
+                  # The answer stays with the request state (24 h) for clients that poll instead of waiting.
+                  json.dumps({**record, "text": text}), encode_event({"type": "done", **record}),
+                  json.dumps(completion), EVENTS_TTL_S, COMPLETIONS_KEPT, REQUEST_STATE_TTL_S])
+
+
+def _fail_call(request: GenerationRequest, attempt: int, error: str, now: float | None) -> _Call:
+    request_id = request.request_id
+    return _Call("fail",
+                 [keys.request_key(request_id), keys.request_events_key(request_id), keys.DEADLINE_REQUESTS,
+                  keys.DEADLINE_TOKENS],
+                 [attempt, _number(_now(now)), error, encode_event({"type": "error", "attempt": attempt, "message": error}),
+                  EVENTS_TTL_S, REQUEST_STATE_TTL_S])
+
+
+def _requeue_call(request: GenerationRequest, attempt: int, worker_id: str, now: float | None) -> _Call:
+    request_id = request.request_id
+    return _Call("requeue", [keys.request_key(request_id), keys.request_events_key(request_id)],
+                 [attempt, _number(_now(now)), encode_event({"type": "preempted", "attempt": attempt, "worker": worker_id}),
+                  EVENTS_TTL_S])
+
+
+def _end_queued_call(status: RequestStatus, request_id: str, now: float, lane: str | None,
+                     member: str | bytes | None, message: str) -> _Call:
+    if (lane is None) != (member is None):
+        raise ValueError("pass both the lane and the lane member, or neither")
+    call_keys = [keys.request_key(request_id), keys.request_events_key(request_id), keys.DEADLINE_REQUESTS,
+                 keys.DEADLINE_TOKENS]
+    args = [status.value, _number(now), message, EVENTS_TTL_S, REQUEST_STATE_TTL_S]
+    if lane is not None:
+        call_keys.append(keys.lane_key(lane))
+        args.append(member)
+    return _Call("end_queued", call_keys, args)
+
+
+def _fenced(reply) -> int | None:
+    return None if reply is None else int(reply)
+
+
+def _record(request_id: str, raw) -> RequestRecord | None:
+    return RequestRecord.from_redis(request_id, raw) if raw else None
+
+
+class Ledger:
+    """The ledger over a sync ``redis.Redis`` (the API's publish path, the worker's Celery threads)."""
+
+    def __init__(self, client):
+        self.client = client
+        self._scripts = {name: client.register_script(source) for name, source in _SCRIPTS.items()}
+
+    def _run(self, call: _Call):
+        return self._scripts[call.script](keys=call.keys, args=call.args)
+
+    def enqueue(self, queue: str, message: str | bytes, score: float, entry: LedgerEntry) -> bool:
+        """Put a kombu message into its lane and record the request queued; False (and nothing written)
+        when the request is already recorded, i.e. a publish retried after its first try got through."""
+        return bool(self._run(_enqueue_call(queue, message, score, entry)))
+
+    def start(self, request_id: str, worker_id: str, now: float) -> int | None:
+        return int(self._run(_start_call(request_id, worker_id, now))) or None
+
+    def finish(self, request: GenerationRequest, attempt: int, record: dict, text: str,
+               completion: dict) -> int | None:
+        return _fenced(self._run(_finish_call(request, attempt, record, text, completion)))
+
+    def fail(self, request: GenerationRequest, attempt: int, error: str,
+             now: float | None = None) -> int | None:
+        return _fenced(self._run(_fail_call(request, attempt, error, now)))
+
+    def requeue(self, request: GenerationRequest, attempt: int, worker_id: str,
+                now: float | None = None) -> int | None:
+        return _fenced(self._run(_requeue_call(request, attempt, worker_id, now)))
+
+    def cancel(self, request_id: str, now: float, lane: str | None = None, member: str | bytes | None = None) -> bool:
+        return bool(self._run(_end_queued_call(RequestStatus.cancelled, request_id, now, lane, member,
+                                               "the request was cancelled")))
+
+    def expire(self, request_id: str, now: float, lane: str | None = None, member: str | bytes | None = None) -> bool:
+        return bool(self._run(_end_queued_call(RequestStatus.expired, request_id, now, lane, member,
+                                               "the request expired before it ran")))
+
+    def read(self, request_id: str) -> RequestRecord | None:
+        return _record(request_id, self.client.hgetall(keys.request_key(request_id)))
+
+
+class AsyncLedger:
+    """The ledger over a ``redis.asyncio.Redis`` (the worker's engine loop, the API's routes)."""
+
+    def __init__(self, client):
+        self.client = client
+        self._scripts = {name: client.register_script(source) for name, source in _SCRIPTS.items()}
+
+    async def _run(self, call: _Call):
+        return await self._scripts[call.script](keys=call.keys, args=call.args)
+
+    async def start(self, request_id: str, worker_id: str, now: float) -> int | None:
+        return int(await self._run(_start_call(request_id, worker_id, now))) or None
+
+    async def finish(self, request: GenerationRequest, attempt: int, record: dict, text: str,
+                     completion: dict) -> int | None:
+        return _fenced(await self._run(_finish_call(request, attempt, record, text, completion)))
+
+    async def fail(self, request: GenerationRequest, attempt: int, error: str,
+                   now: float | None = None) -> int | None:
+        return _fenced(await self._run(_fail_call(request, attempt, error, now)))
+
+    async def requeue(self, request: GenerationRequest, attempt: int, worker_id: str,
+                      now: float | None = None) -> int | None:
+        return _fenced(await self._run(_requeue_call(request, attempt, worker_id, now)))
+
+    async def cancel(self, request_id: str, now: float, lane: str | None = None,
+                     member: str | bytes | None = None) -> bool:
+        return bool(await self._run(_end_queued_call(RequestStatus.cancelled, request_id, now, lane, member,
+                                                     "the request was cancelled")))
+
+    async def expire(self, request_id: str, now: float, lane: str | None = None,
+                     member: str | bytes | None = None) -> bool:
+        return bool(await self._run(_end_queued_call(RequestStatus.expired, request_id, now, lane, member,
+                                                     "the request expired before it ran")))
+
+    async def read(self, request_id: str) -> RequestRecord | None:
+        return _record(request_id, await self.client.hgetall(keys.request_key(request_id)))
