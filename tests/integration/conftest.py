@@ -53,8 +53,9 @@ class Stack:
 
     def start_worker(self, worker_id: str, **extra_env) -> Process:
         process = self.start(worker_id.split("@")[0], ["worker", "--worker-id", worker_id], **extra_env)
-        wait_until(lambda: self.redis.exists(keys.worker_key(worker_id)), 240, f"worker {worker_id} heartbeat",
-                   interval=0.5, process=process)
+        # This process's heartbeat (its pid), not that of a leftover worker with the same id.
+        wait_until(lambda: self.redis.hget(keys.worker_key(worker_id), "pid") == str(process.pid).encode(), 240,
+                   f"worker {worker_id} heartbeat", interval=0.5, process=process)
         return process
 
     def process(self, name: str) -> Process:
@@ -79,18 +80,27 @@ def stack(model_dir, log_dir):
         if os.environ.get("CI"):
             pytest.fail(f"CI needs the machine's Redis at {url}")
         pytest.skip(f"no Redis at {url}")
-    redis.Redis.from_url(url).flushdb()
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    # Workers run in their own sessions, so a pytest that was killed, or whose stack failed to start, can
+    # leave them running: they would go on consuming these lanes and answering control messages sent to
+    # main@test or victim@test. Their next beat (every second) shows them.
+    time.sleep(1.5)
+    leftovers = {key.decode(): client.hget(key, "pid") for key in client.scan_iter(keys.worker_key("*"))}
+    if leftovers:
+        pytest.fail(f"workers of an earlier session still use {url} (worker key: pid): {leftovers}; stop them")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     env.update(SLUICE_REDIS_URL=url, SLUICE_MODEL=str(model_dir), SLUICE_DATA_DIR=str(log_dir / "data"),
                SLUICE_HEARTBEAT_TTL_S="5", SLUICE_MAX_ADMISSION_LIMIT="64", SLUICE_ADMISSION_LIMIT="32")
     stack = Stack(redis_url=url, env=env, log_dir=log_dir, api_port=free_port())
-    stack.start_worker("main@test")
-    api = stack.start("api", ["api", "--port", str(stack.api_port)])
-
-    wait_until(lambda: http_ok(stack.base_url + "/healthz"), 120, "the API", interval=0.5, process=api)
-    yield stack
-    for process in reversed(stack.processes):
-        process.stop()
+    try:  # stopped even when the stack fails to start, so that nothing outlives this session
+        stack.start_worker("main@test")
+        api = stack.start("api", ["api", "--port", str(stack.api_port)])
+        wait_until(lambda: http_ok(stack.base_url + "/healthz"), 120, "the API", interval=0.5, process=api)
+        yield stack
+    finally:
+        for process in reversed(stack.processes):
+            process.stop()
 
 
 @pytest.fixture
