@@ -13,7 +13,7 @@ import redis
 
 from core.processes import Child, free_port, sluice_argv
 
-__all__ = ["MACHINE_REDIS_URL", "Process", "free_port", "redis_reachable", "wait_until"]
+__all__ = ["MACHINE_REDIS_URL", "Process", "free_port", "redis_reachable", "require_redis", "wait_until"]
 
 ROOT = Path(__file__).resolve().parent.parent
 MACHINE_REDIS_URL = os.environ.get("SLUICE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -24,6 +24,15 @@ def redis_reachable(url: str) -> bool:
         return redis.Redis.from_url(url, socket_connect_timeout=1).ping()
     except redis.RedisError:
         return False
+
+
+def require_redis(url: str) -> str:
+    """``url`` if a Redis answers there; otherwise skip the test here, and fail it in CI (which starts one)."""
+    if not redis_reachable(url):
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the machine's Redis at {url}")
+        pytest.skip(f"no Redis at {url}")
+    return url
 
 
 @pytest.fixture(scope="session")
@@ -39,11 +48,7 @@ def embedded_valkey_url():
 
 @pytest.fixture(scope="session")
 def machine_redis_url():
-    if not redis_reachable(MACHINE_REDIS_URL):
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs the machine's Redis at {MACHINE_REDIS_URL}")
-        pytest.skip(f"no Redis at {MACHINE_REDIS_URL}")
-    return MACHINE_REDIS_URL
+    return require_redis(MACHINE_REDIS_URL)
 
 
 @pytest.fixture(params=["redis7", "valkey"])

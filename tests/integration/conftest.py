@@ -17,7 +17,7 @@ from core import keys
 from core.names import SET_ADMISSION_LIMIT
 from broker.messages import GenerationRequest, SamplingOptions
 from core.settings import Settings
-from tests.conftest import MACHINE_REDIS_URL, Process, free_port, redis_reachable, wait_until
+from tests.conftest import MACHINE_REDIS_URL, Process, free_port, require_redis, wait_until
 from broker.celery_app import create_app
 
 STACK_REDIS_DB = 13
@@ -76,10 +76,7 @@ def stack_redis_url() -> str:
 @pytest.fixture(scope="session")
 def stack(model_dir, log_dir):
     url = stack_redis_url()
-    if not redis_reachable(url):
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs the machine's Redis at {url}")
-        pytest.skip(f"no Redis at {url}")
+    require_redis(url)
     client = redis.Redis.from_url(url)
     client.flushdb()
     # Workers run in their own sessions, so a pytest that was killed, or whose stack failed to start, can

@@ -19,7 +19,7 @@ from core import keys
 from scaler.actuators import make_actuator
 from scaler.actuators.local import LocalActuator
 from scaler.state import PoolObservation
-from tests.conftest import MACHINE_REDIS_URL, ROOT, redis_reachable, wait_until
+from tests.conftest import MACHINE_REDIS_URL, ROOT, require_redis, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -65,10 +65,7 @@ def clean(client: redis.Redis) -> None:
 
 @pytest.fixture
 def db10():
-    if not redis_reachable(REDIS_URL):
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs the machine's Redis at {REDIS_URL}")
-        pytest.skip(f"no Redis at {REDIS_URL}")
+    require_redis(REDIS_URL)
     client = redis.Redis.from_url(REDIS_URL)
     clean(client)
     yield client

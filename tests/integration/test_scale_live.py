@@ -6,15 +6,14 @@ from __future__ import annotations
 import pytest
 
 from bench.scale import run_scale_bench
-from tests.conftest import MACHINE_REDIS_URL, redis_reachable
+from tests.conftest import MACHINE_REDIS_URL, require_redis
 
 pytestmark = pytest.mark.integration
 
 
 def test_load_ramp_scales_out_then_in_without_losing_requests(tmp_path):
     url = MACHINE_REDIS_URL.rsplit("/", 1)[0] + "/8"
-    if not redis_reachable(url):
-        pytest.skip(f"no Redis at {url}")
+    require_redis(url)
     # settle_s is the most it waits after the load: it ends as soon as the scaler is back to one worker.
     report = run_scale_bench(low_rps=0.5, high_rps=6.0, ramp_s=20, high_s=40, cool_s=30, settle_s=240,
                              redis_url=url, json_out=str(tmp_path / "scale.json"), progress=False)

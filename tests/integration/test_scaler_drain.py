@@ -20,7 +20,7 @@ from broker.heartbeat import read_heartbeats
 from core.settings import Settings
 from scaler.actuators.local import LocalActuator
 from scaler.service import ScalerService
-from tests.conftest import MACHINE_REDIS_URL, ROOT, redis_reachable, wait_until
+from tests.conftest import MACHINE_REDIS_URL, ROOT, require_redis, wait_until
 from tests.integration.conftest import enqueue_direct
 
 pytestmark = pytest.mark.integration
@@ -33,10 +33,7 @@ LONG = 1900
 
 
 def test_a_drained_worker_holding_a_request_is_observed_draining_not_serving(model_dir, tmp_path):
-    if not redis_reachable(REDIS_URL):
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs the machine's Redis at {REDIS_URL}")
-        pytest.skip(f"no Redis at {REDIS_URL}")
+    require_redis(REDIS_URL)
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
