@@ -19,12 +19,15 @@ from api.admission import SLO_HEADER, build_request, true_length, validate_body
 from api.enqueue import Enqueuer
 from api.errors import APIError, bad_request
 from api.events import EventHub, RequestFailed, RequestTimedOut, WorkerLost, follow
+from api.batch_runner import BatchRunner
+from api.batches import batches_router
 from api.files import files_router
 from api.metrics import Metrics
 from api.prediction import attach_predictor, record_feedback
 from api.responses import completion_object, finish_reason, usage
 from api.schemas import ChatCompletionRequest, CompletionRequest
 from broker.decisions import DECISIONS_KEPT, read_decisions
+from broker.batches import BatchStore
 from broker.files import FileCatalog, Files, LocalFileStore
 from broker.ledger import AsyncLedger
 from broker.messages import GenerationRequest
@@ -50,6 +53,7 @@ class SluiceAPI:
         self.events = EventHub(self.aioredis)
         self.ledger = AsyncLedger(self.aioredis)  # reads request state (the transport and workers write it)
         self.files = Files(LocalFileStore(settings.files_dir), FileCatalog(self.aioredis))
+        self.batches = BatchStore(self.aioredis)
         self.celery = create_app(settings)
         self.enqueuer = Enqueuer(self.celery, self.redis, settings.lane_queue_limits, settings.retry_after_s,
                                  keep_prompt_text=settings.keep_prompt_text)
@@ -120,7 +124,7 @@ def _sluice_info(request: GenerationRequest, record: dict) -> dict:
 
 
 def create_api(settings: Settings) -> FastAPI:
-    state: dict[str, SluiceAPI] = {}
+    state: dict = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -128,11 +132,14 @@ def create_api(settings: Settings) -> FastAPI:
         if sluice.predicts_lengths:
             await attach_predictor(sluice)
         state["sluice"] = sluice
+        runner = state["batch_runner"] = BatchRunner(sluice)
         gc.freeze()  # start-up objects (the predictor's model among them) out of full collections' reach
-        background = [asyncio.create_task(sluice.sweep_dead_workers()), asyncio.create_task(sluice.events.run())]
+        background = [asyncio.create_task(sluice.sweep_dead_workers()), asyncio.create_task(sluice.events.run()),
+                      asyncio.create_task(runner.run())]
         yield
         for task in background:
             task.cancel()
+        await runner.close()
         if sluice.predictor is not None:
             await sluice.predictor.close()
         await sluice.events.close()
@@ -140,6 +147,8 @@ def create_api(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="Sluice", version="0.1.0", lifespan=lifespan)
     app.include_router(files_router(settings, lambda: state["sluice"].files))
+    app.include_router(batches_router(lambda: state["sluice"].batches, lambda: state["sluice"].files,
+                                      lambda: state["batch_runner"].wake()))
 
     @app.exception_handler(APIError)
     async def on_api_error(_request: Request, exc: APIError):

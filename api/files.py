@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from api.errors import APIError, bad_request
+from api.listing import limit_param, list_object
 from api.multipart import FilePart, FormField, MultipartError, MultipartReader
 from broker.files import (LIST_LIMIT_MAX, UPLOAD_PURPOSES, FileRecord, Files, FileTooLarge, TooManyLines,
                           UnknownCursor, UploadLimits)
@@ -121,23 +122,18 @@ def files_router(settings: Settings, files: Callable[[], Files]) -> APIRouter:
     @router.get("/v1/files")
     async def list_files(request: Request):
         query = request.query_params
-        limit_text = query.get("limit", str(LIST_LIMIT_MAX))
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= LIST_LIMIT_MAX:
-            raise bad_request(f"limit must be an integer between 1 and {LIST_LIMIT_MAX}", param="limit",
-                              code="invalid_value")
+        limit = limit_param(query, default=LIST_LIMIT_MAX, maximum=LIST_LIMIT_MAX)
         order = query.get("order", "desc")
         if order not in ("asc", "desc"):
             raise bad_request(f"{order!r} is not one of ['asc', 'desc'] - 'order'", param="order",
                               code="invalid_value")
         after = query.get("after") or None
         try:
-            page = await files().page(purpose=query.get("purpose") or None, limit=int(limit_text), after=after,
+            page = await files().page(purpose=query.get("purpose") or None, limit=limit, after=after,
                                       order=order)
         except UnknownCursor:
             raise bad_request(f"after: no file {after!r} in this listing", param="after", code="invalid_value") from None
-        data = [record.to_openai() for record in page.records]
-        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                "last_id": data[-1]["id"] if data else None, "has_more": page.has_more}
+        return list_object([record.to_openai() for record in page.records], page.has_more)
 
     @router.get("/v1/files/{file_id}")
     async def retrieve_file(file_id: str):

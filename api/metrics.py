@@ -11,6 +11,7 @@ import redis
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from broker.batches import BatchStatus
 from broker.decisions import read_action_counts
 from broker.heartbeat import read_heartbeats
 from core import keys
@@ -63,6 +64,23 @@ class FleetCollector:
             kind, pool, action = (field.split(":") + ["", ""])[:3]
             actions.add_metric([kind, pool, action], int(count))
         yield actions
+        yield from self.collect_batches()
+
+    def collect_batches(self):
+        """Batches per status and batch requests ended per status: two counters hashes (broker.batches)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.BATCHES_BY_STATUS)
+            pipe.hgetall(keys.BATCH_REQUESTS_ENDED)
+            by_status, ended = pipe.execute()
+        batches = GaugeMetricFamily("sluice_batches", "Batch API batches in each status.", labels=["status"])
+        for status in BatchStatus:
+            batches.add_metric([status.value], max(0, int(by_status.get(status.value.encode(), 0))))
+        yield batches
+        requests = CounterMetricFamily("sluice_batch_requests", "Requests of Batch API batches that ended, by "
+                                       "how (done, failed, cancelled, expired).", labels=["status"])
+        for status in ("done", "failed", "cancelled", "expired"):
+            requests.add_metric([status], int(ended.get(status.encode(), 0)))
+        yield requests
 
 
 class Metrics:

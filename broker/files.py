@@ -26,6 +26,7 @@ from typing import AsyncIterable, AsyncIterator, Literal, Mapping, Protocol
 
 import anyio
 
+from broker.paging import IndexPager, UnknownCursor  # noqa: F401  (UnknownCursor: the Files API's too)
 from core import keys
 
 FILE_RECORD_VERSION = 1
@@ -83,32 +84,12 @@ class FilePage:
     has_more: bool
 
 
-class UnknownCursor(LookupError):
-    """A listing's `after` names no file of that listing."""
-
-
-# Rank of the cursor and the page after it in one step, so a concurrent upload or delete cannot shift it.
-_PAGE_SCRIPT = """
-local start = 0
-if ARGV[1] ~= '' then
-  local rank
-  if ARGV[3] == 'desc' then rank = redis.call('ZREVRANK', KEYS[1], ARGV[1])
-  else rank = redis.call('ZRANK', KEYS[1], ARGV[1]) end
-  if not rank then return {0, {}} end
-  start = rank + 1
-end
-local stop = start + tonumber(ARGV[2]) - 1
-if ARGV[3] == 'desc' then return {1, redis.call('ZREVRANGE', KEYS[1], start, stop)} end
-return {1, redis.call('ZRANGE', KEYS[1], start, stop)}
-"""
-
-
 class FileCatalog:
     """File metadata in Redis (asyncio client). Listing order is creation time, then id."""
 
     def __init__(self, client):
         self.client = client
-        self._page = client.register_script(_PAGE_SCRIPT)
+        self._pager = IndexPager(client)
 
     async def add(self, record: FileRecord) -> None:
         async with self.client.pipeline(transaction=True) as pipe:
@@ -136,16 +117,13 @@ class FileCatalog:
         if purpose is not None and purpose not in PURPOSES:
             return FilePage([], False)  # no file can have it
         index = keys.FILES if purpose is None else keys.files_by_purpose_key(purpose)
-        found, ids = await self._page(keys=[index], args=[after or "", limit + 1, order])
-        if not found:
-            raise UnknownCursor(after)
-        ids = [_text(file_id) for file_id in ids]
+        ids, has_more = await self._pager.ids(index, limit=limit, after=after, order=order)
         async with self.client.pipeline(transaction=False) as pipe:
-            for file_id in ids[:limit]:
+            for file_id in ids:
                 pipe.hgetall(keys.file_key(file_id))
             raws = await pipe.execute()
         # A file deleted between the two reads is left out.
-        return FilePage([FileRecord.from_redis(raw) for raw in raws if raw], len(ids) > limit)
+        return FilePage([FileRecord.from_redis(raw) for raw in raws if raw], has_more)
 
 
 # --- upload limits (pure) -----------------------------------------------------------------------------

@@ -110,6 +110,7 @@ class RequestRecord:
     result: dict | None = None  # the answer of a done request: its completion record with the text
     error: str | None = None
     deadline: float | None = None
+    batch_id: str | None = None  # the Batch API batch it belongs to
 
     @classmethod
     def from_redis(cls, request_id: str, raw: Mapping) -> RequestRecord:
@@ -128,6 +129,7 @@ class RequestRecord:
             result=json.loads(fields["result"]) if fields.get("result") else None,
             error=fields.get("error") or None,
             deadline=_optional_float(fields, "deadline"),
+            batch_id=fields.get("batch") or None,
         )
 
 
@@ -142,6 +144,14 @@ class LedgerEntry:
     deadline_bucket: str | None = None
     expected_tokens: float = 0.0  # predicted output tokens, capped by max_tokens
     arrival_tokens: float = 0.0  # prompt + expected output tokens, for the scaler's arrival rate
+    batch_id: str | None = None  # set for a request of a Batch API batch: it counts in the batch's counters
+
+    def state_ttl_s(self) -> int:
+        """How long a queued request's state is kept: a day, and for a request with a deadline a day past it
+        (a batch's queued requests must still be there to be expired at its deadline)."""
+        if self.deadline is None:
+            return REQUEST_STATE_TTL_S
+        return REQUEST_STATE_TTL_S + max(0, int(math.ceil(self.deadline - self.enqueued_at)))
 
     def __post_init__(self):
         # A value Redis rejects half-way through the script would leave half a request: refuse it here.
@@ -161,6 +171,7 @@ class LedgerEntry:
             deadline_bucket=deadlines.deadline_bucket(request.deadline) if tracked else None,
             expected_tokens=expected,
             arrival_tokens=request.prompt_tokens + expected,
+            batch_id=request.batch_id,
         )
 
     def to_header(self) -> dict:
@@ -182,6 +193,10 @@ def _now(now: float | None) -> float:
 # --- the scripts ----------------------------------------------------------------------------------
 # Every script checks the types of all its keys before its first write: Redis does not roll back a
 # script that fails half-way, so one that cannot finish must not start.
+#
+# A request of a Batch API batch also moves in its batch's counters (KEYS: the counts hash, passed after
+# a script's own keys when the request has a batch): one field per request status, so a batch's progress
+# is read in one HGETALL whatever its size.
 _LUA_COMMON = """
 local EVENT_FIELD = '%s'
 local ENDED = {done = true, failed = true, cancelled = true, expired = true}
@@ -194,6 +209,16 @@ local function wrong_type(specs)
     end
   end
   return nil
+end
+
+-- The key specs plus the batch counters and the all-batches totals (hashes) when the caller passed them as
+-- KEYS[n], KEYS[n + 1].
+local function with_counts(specs, n)
+  if KEYS[n] then
+    table.insert(specs, KEYS[n]); table.insert(specs, 'hash')
+    table.insert(specs, KEYS[n + 1]); table.insert(specs, 'hash')
+  end
+  return specs
 end
 
 -- The attempt that may answer is the newest, while the request has not ended: nil then, else the newest.
@@ -216,18 +241,44 @@ local function release_deadline(state, deadline_requests, deadline_tokens)
   redis.call('HINCRBY', deadline_requests, bucket, -1)
   redis.call('HINCRBYFLOAT', deadline_tokens, bucket, tokens)
 end
+
+-- Move a request to a status: its batch's counters first (they count it under its old status), and the
+-- totals of batch requests ended (Prometheus' sluice_batch_requests_total), then it.
+local function set_status(state, counts, status, ...)
+  if counts then
+    local old = redis.call('HGET', state, 'status')
+    if old then redis.call('HINCRBY', counts, old, -1) end
+    redis.call('HINCRBY', counts, status, 1)
+    if ENDED[status] then redis.call('HINCRBY', KEYS[#KEYS], status, 1) end
+  end
+  redis.call('HSET', state, 'status', status, ...)
+end
+
+-- End a queued request of a batch that was closed (cancelled or expired) without running it.
+local function end_closed(state, counts, closed, now, deadline_requests, deadline_tokens)
+  set_status(state, counts, closed, 'finished_at', now)
+  release_deadline(state, deadline_requests, deadline_tokens)
+end
 """ % EVENT_FIELD
 
-# KEYS: lane, state, deadline requests, deadline tokens, arrivals
-# ARGV: message, score, lane, enqueued_at, state TTL, deadline, deadline bucket, expected tokens, arrival tokens
+# KEYS: lane, state, deadline requests, deadline tokens, arrivals[, batch counts]
+# ARGV: message, score, lane, enqueued_at, state TTL, deadline, deadline bucket, expected tokens, arrival tokens,
+#       batch id
 _ENQUEUE = _LUA_COMMON + """
-local wrong = wrong_type({KEYS[1], 'zset', KEYS[2], 'hash', KEYS[3], 'hash', KEYS[4], 'hash', KEYS[5], 'hash'})
+local counts = KEYS[6]
+local wrong = wrong_type(with_counts({KEYS[1], 'zset', KEYS[2], 'hash', KEYS[3], 'hash', KEYS[4], 'hash',
+                                      KEYS[5], 'hash'}, 6))
 if wrong then return redis.error_reply(wrong) end
--- A publish retried after its first try reached Redis: the request is in its lane already.
+-- A publish retried after its first try reached Redis: the request is in its lane already.  (A batch's
+-- enqueue resumed after its API process died relies on this too: every request enters once.)
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+-- A batch closed while it was being enqueued takes no more requests.
+if counts and redis.call('HEXISTS', counts, 'closed') == 1 then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+if counts then redis.call('HINCRBY', counts, 'queued', 1) end
 redis.call('HSET', KEYS[2], 'status', 'queued', 'lane', ARGV[3], 'enqueued_at', ARGV[4], 'score', ARGV[2],
            'expected_tokens', ARGV[8])
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[2], 'batch', ARGV[10]) end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'deadline', ARGV[6]) end
 if ARGV[7] ~= '' then
   redis.call('HSET', KEYS[2], 'deadline_bucket', ARGV[7])
@@ -240,56 +291,74 @@ redis.call('HINCRBYFLOAT', KEYS[5], 'tokens:' .. ARGV[3], ARGV[9])
 return 1
 """
 
-# KEYS: state.  ARGV: worker id, started_at, state TTL.  Returns the attempt, 0 to drop the delivery.
+# KEYS: state, deadline requests, deadline tokens[, batch counts]
+# ARGV: worker id, started_at, state TTL.  Returns the attempt, 0 to drop the delivery.
 _START = _LUA_COMMON + """
-local wrong = wrong_type({KEYS[1], 'hash'})
+local counts = KEYS[4]
+local wrong = wrong_type(with_counts({KEYS[1], 'hash', KEYS[2], 'hash', KEYS[3], 'hash'}, 4))
 if wrong then return redis.error_reply(wrong) end
 if ENDED[redis.call('HGET', KEYS[1], 'status')] then return 0 end
+local closed = counts and redis.call('HGET', counts, 'closed')
+if closed then
+  -- Its batch was cancelled or expired while this message was in the lane or in a worker's prefetch.
+  end_closed(KEYS[1], counts, closed, ARGV[2], KEYS[2], KEYS[3])
+  return 0
+end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2])
+set_status(KEYS[1], counts, 'running', 'worker', ARGV[1], 'started_at', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return attempt
 """
 
-# KEYS: state, events, completions, deadline requests, deadline tokens
-# ARGV: attempt, finished_at, result, done event, completion, events TTL, completions kept, state TTL
+# KEYS: state, events, completions, deadline requests, deadline tokens[, batch counts]
+# ARGV: attempt, finished_at, result, done event ('' for a request nobody follows), completion, events TTL,
+#       completions kept, state TTL
 _FINISH = _LUA_COMMON + """
-local wrong = wrong_type({KEYS[1], 'hash', KEYS[2], 'stream', KEYS[3], 'list', KEYS[4], 'hash', KEYS[5], 'hash'})
+local counts = KEYS[6]
+local wrong = wrong_type(with_counts({KEYS[1], 'hash', KEYS[2], 'stream', KEYS[3], 'list', KEYS[4], 'hash',
+                                      KEYS[5], 'hash'}, 6))
 if wrong then return redis.error_reply(wrong) end
 local newest = superseded(KEYS[1], ARGV[1])
 if newest then return newest end
-redis.call('HSET', KEYS[1], 'status', 'done', 'finished_at', ARGV[2], 'result', ARGV[3])
+set_status(KEYS[1], counts, 'done', 'finished_at', ARGV[2], 'result', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[8])
-redis.call('XADD', KEYS[2], '*', EVENT_FIELD, ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[6])
+if ARGV[4] ~= '' then
+  redis.call('XADD', KEYS[2], '*', EVENT_FIELD, ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+end
 redis.call('LPUSH', KEYS[3], ARGV[5])
 redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[7]) - 1)
 release_deadline(KEYS[1], KEYS[4], KEYS[5])
 return false
 """
 
-# KEYS: state, events, deadline requests, deadline tokens
-# ARGV: attempt, finished_at, error, error event, events TTL, state TTL
+# KEYS: state, events, deadline requests, deadline tokens[, batch counts]
+# ARGV: attempt, finished_at, error, error event ('' for a request nobody follows), events TTL, state TTL,
+#       status (failed; or cancelled | expired for a running request of a closed batch)
 _FAIL = _LUA_COMMON + """
-local wrong = wrong_type({KEYS[1], 'hash', KEYS[2], 'stream', KEYS[3], 'hash', KEYS[4], 'hash'})
+local counts = KEYS[5]
+local wrong = wrong_type(with_counts({KEYS[1], 'hash', KEYS[2], 'stream', KEYS[3], 'hash', KEYS[4], 'hash'}, 5))
 if wrong then return redis.error_reply(wrong) end
 local newest = superseded(KEYS[1], ARGV[1])
 if newest then return newest end
-redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'error', ARGV[3])
+set_status(KEYS[1], counts, ARGV[7], 'finished_at', ARGV[2], 'error', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('XADD', KEYS[2], '*', EVENT_FIELD, ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[5])
+if ARGV[4] ~= '' then
+  redis.call('XADD', KEYS[2], '*', EVENT_FIELD, ARGV[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+end
 release_deadline(KEYS[1], KEYS[3], KEYS[4])
 return false
 """
 
-# KEYS: state, events.  ARGV: attempt, preempted_at, preempted event, events TTL
+# KEYS: state, events[, batch counts].  ARGV: attempt, preempted_at, preempted event, events TTL
 _REQUEUE = _LUA_COMMON + """
-local wrong = wrong_type({KEYS[1], 'hash', KEYS[2], 'stream'})
+local counts = KEYS[3]
+local wrong = wrong_type(with_counts({KEYS[1], 'hash', KEYS[2], 'stream'}, 3))
 if wrong then return redis.error_reply(wrong) end
 local newest = superseded(KEYS[1], ARGV[1])
 if newest then return newest end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'preempted_at', ARGV[2])
+set_status(KEYS[1], counts, 'queued', 'preempted_at', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'preemptions', 1)
 -- For whoever reads the stream: this attempt ends here, unanswered; a later one starts over.
 redis.call('XADD', KEYS[2], '*', EVENT_FIELD, ARGV[3])
@@ -297,17 +366,18 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 return false
 """
 
-# KEYS: state, events, deadline requests, deadline tokens[, lane]
-# ARGV: cancelled|expired, now, message, events TTL, state TTL[, lane member]
+# KEYS: state, events, deadline requests, deadline tokens, lane (or '' when no member is given)[, batch counts]
+# ARGV: cancelled|expired, now, message, events TTL, state TTL, lane member
 _END_QUEUED = _LUA_COMMON + """
+local counts = KEYS[6]
 local specs = {KEYS[1], 'hash', KEYS[2], 'stream', KEYS[3], 'hash', KEYS[4], 'hash'}
-if KEYS[5] then table.insert(specs, KEYS[5]); table.insert(specs, 'zset') end
-local wrong = wrong_type(specs)
+if ARGV[6] ~= '' then table.insert(specs, KEYS[5]); table.insert(specs, 'zset') end
+local wrong = wrong_type(with_counts(specs, 6))
 if wrong then return redis.error_reply(wrong) end
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
 local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
-if KEYS[5] then redis.call('ZREM', KEYS[5], ARGV[6]) end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'finished_at', ARGV[2])
+if ARGV[6] ~= '' then redis.call('ZREM', KEYS[5], ARGV[6]) end
+set_status(KEYS[1], counts, ARGV[1], 'finished_at', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[5])
 release_deadline(KEYS[1], KEYS[3], KEYS[4])
 -- Whoever follows the request hears it ended (api/events.py: an error event of its current attempt).
@@ -317,8 +387,43 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 """
 
+# Close a batch's part of a lane: end its queued requests and take their messages out, one slice of the
+# lane per call.  The requests' state keys are found in the lane (their messages' task ids), so they are
+# not declared: this needs a standalone Redis (or Sentinel), as kombu's Redis transport does.
+# KEYS: lane, deadline requests, deadline tokens, batch counts, batch totals
+# ARGV: batch id, cancelled|expired, now, first rank, slice length, state key prefix
+# Returns {the rank the next call starts at, requests ended, 1 when the slice reached the lane's end}.
+_CLOSE_BATCH_SLICE = _LUA_COMMON + """
+local wrong = wrong_type({KEYS[1], 'zset', KEYS[2], 'hash', KEYS[3], 'hash', KEYS[4], 'hash', KEYS[5], 'hash'})
+if wrong then return redis.error_reply(wrong) end
+local first = tonumber(ARGV[4])
+local members = redis.call('ZRANGE', KEYS[1], first, first + tonumber(ARGV[5]) - 1)
+local prefix = ARGV[1] .. '-'
+local ended, removed = 0, 0
+for _, member in ipairs(members) do
+  -- A cheap test first: the batch id appears in the headers of its requests' messages.
+  if string.find(member, prefix, 1, true) then
+    local ok, message = pcall(cjson.decode, member)
+    local id = ok and type(message) == 'table' and type(message.headers) == 'table' and message.headers.id
+    if type(id) == 'string' and string.sub(id, 1, #prefix) == prefix then
+      local state = ARGV[6] .. id
+      local status = redis.call('HGET', state, 'status')
+      if status == 'queued' then
+        end_closed(state, KEYS[4], ARGV[2], ARGV[3], KEYS[2], KEYS[3])
+        ended = ended + 1
+      end
+      if status == 'queued' or ENDED[status] then
+        redis.call('ZREM', KEYS[1], member)
+        removed = removed + 1
+      end
+    end
+  end
+end
+return {first + #members - removed, ended, #members < tonumber(ARGV[5]) and 1 or 0}
+"""
+
 _SCRIPTS = {"enqueue": _ENQUEUE, "start": _START, "finish": _FINISH, "fail": _FAIL, "requeue": _REQUEUE,
-            "end_queued": _END_QUEUED}
+            "end_queued": _END_QUEUED, "close_batch_slice": _CLOSE_BATCH_SLICE}
 
 
 # --- the calls, shared by the sync and async ledgers ------------------------------------------------
@@ -329,59 +434,79 @@ class _Call:
     args: list
 
 
+def _counts(batch_id: str | None) -> list[str]:
+    """The batch counters' and the totals' keys, to append (last) to a script's keys, for a request of a batch."""
+    return [keys.batch_counts_key(batch_id), keys.BATCH_REQUESTS_ENDED] if batch_id else []
+
+
 def _enqueue_call(queue: str, message: str | bytes, score: float, entry: LedgerEntry) -> _Call:
     if not math.isfinite(score):
         raise ValueError(f"ledger entry {entry.request_id}: score is {score}")
     return _Call("enqueue",
                  [keys.lane_key(queue), keys.request_key(entry.request_id), keys.DEADLINE_REQUESTS,
-                  keys.DEADLINE_TOKENS, keys.ARRIVALS],
-                 [message, repr(float(score)), queue, _number(entry.enqueued_at), REQUEST_STATE_TTL_S,
+                  keys.DEADLINE_TOKENS, keys.ARRIVALS, *_counts(entry.batch_id)],
+                 [message, repr(float(score)), queue, _number(entry.enqueued_at), entry.state_ttl_s(),
                   _number(entry.deadline), entry.deadline_bucket or "", _number(entry.expected_tokens),
-                  _number(entry.arrival_tokens)])
+                  _number(entry.arrival_tokens), entry.batch_id or ""])
 
 
-def _start_call(request_id: str, worker_id: str, now: float) -> _Call:
-    return _Call("start", [keys.request_key(request_id)], [worker_id, _number(now), REQUEST_STATE_TTL_S])
+def _start_call(request_id: str, worker_id: str, now: float, batch_id: str | None) -> _Call:
+    return _Call("start", [keys.request_key(request_id), keys.DEADLINE_REQUESTS, keys.DEADLINE_TOKENS,
+                           *_counts(batch_id)],
+                 [worker_id, _number(now), REQUEST_STATE_TTL_S])
 
 
 def _finish_call(request: GenerationRequest, attempt: int, record: dict, text: str, completion: dict) -> _Call:
     request_id = request.request_id
     return _Call("finish",
                  [keys.request_key(request_id), keys.request_events_key(request_id), keys.COMPLETIONS,
-                  keys.DEADLINE_REQUESTS, keys.DEADLINE_TOKENS],
+                  keys.DEADLINE_REQUESTS, keys.DEADLINE_TOKENS, *_counts(request.batch_id)],
                  [attempt, _number(record["finished_at"]),
                   # The answer stays with the request state (24 h) for clients that poll instead of waiting.
-                  json.dumps({**record, "text": text}), encode_event({"type": "done", **record}),
+                  json.dumps({**record, "text": text}),
+                  encode_event({"type": "done", **record}) if request.followed else "",
                   json.dumps(completion), EVENTS_TTL_S, COMPLETIONS_KEPT, REQUEST_STATE_TTL_S])
 
 
-def _fail_call(request: GenerationRequest, attempt: int, error: str, now: float | None) -> _Call:
+def _fail_call(request: GenerationRequest, attempt: int, error: str, now: float | None,
+               status: RequestStatus = RequestStatus.failed) -> _Call:
     request_id = request.request_id
+    event = {"type": "error", "attempt": attempt, "message": error}
+    if status is not RequestStatus.failed:
+        event["status"] = status.value
     return _Call("fail",
                  [keys.request_key(request_id), keys.request_events_key(request_id), keys.DEADLINE_REQUESTS,
-                  keys.DEADLINE_TOKENS],
-                 [attempt, _number(_now(now)), error, encode_event({"type": "error", "attempt": attempt, "message": error}),
-                  EVENTS_TTL_S, REQUEST_STATE_TTL_S])
+                  keys.DEADLINE_TOKENS, *_counts(request.batch_id)],
+                 [attempt, _number(_now(now)), error, encode_event(event) if request.followed else "",
+                  EVENTS_TTL_S, REQUEST_STATE_TTL_S, status.value])
 
 
 def _requeue_call(request: GenerationRequest, attempt: int, worker_id: str, now: float | None) -> _Call:
     request_id = request.request_id
-    return _Call("requeue", [keys.request_key(request_id), keys.request_events_key(request_id)],
+    return _Call("requeue", [keys.request_key(request_id), keys.request_events_key(request_id),
+                             *_counts(request.batch_id)],
                  [attempt, _number(_now(now)), encode_event({"type": "preempted", "attempt": attempt, "worker": worker_id}),
                   EVENTS_TTL_S])
 
 
 def _end_queued_call(status: RequestStatus, request_id: str, now: float, lane: str | None,
-                     member: str | bytes | None, message: str) -> _Call:
+                     member: str | bytes | None, message: str, batch_id: str | None) -> _Call:
     if (lane is None) != (member is None):
         raise ValueError("pass both the lane and the lane member, or neither")
     call_keys = [keys.request_key(request_id), keys.request_events_key(request_id), keys.DEADLINE_REQUESTS,
-                 keys.DEADLINE_TOKENS]
-    args = [status.value, _number(now), message, EVENTS_TTL_S, REQUEST_STATE_TTL_S]
-    if lane is not None:
-        call_keys.append(keys.lane_key(lane))
-        args.append(member)
+                 keys.DEADLINE_TOKENS, keys.lane_key(lane) if lane is not None else keys.request_key(request_id),
+                 *_counts(batch_id)]
+    args = [status.value, _number(now), message, EVENTS_TTL_S, REQUEST_STATE_TTL_S, member or ""]
     return _Call("end_queued", call_keys, args)
+
+
+def _close_batch_slice_call(batch_id: str, lane: str, status: RequestStatus, now: float, first: int,
+                            length: int) -> _Call:
+    if status not in (RequestStatus.cancelled, RequestStatus.expired):
+        raise ValueError(f"a batch closes as cancelled or expired, not {status.value}")
+    return _Call("close_batch_slice",
+                 [keys.lane_key(lane), keys.DEADLINE_REQUESTS, keys.DEADLINE_TOKENS, *_counts(batch_id)],
+                 [batch_id, status.value, _number(now), first, length, keys.request_key("")])
 
 
 def _fenced(reply) -> int | None:
@@ -392,6 +517,18 @@ def _record(request_id: str, raw) -> RequestRecord | None:
     return RequestRecord.from_redis(request_id, raw) if raw else None
 
 
+@dataclass(frozen=True)
+class SliceClosed:
+    """What one :meth:`AsyncLedger.close_batch_slice` call did."""
+
+    next_rank: int  # where the next slice starts
+    ended: int  # queued requests of the batch it ended
+    at_end: bool  # the slice reached the end of the lane
+
+
+CLOSE_SLICE_LENGTH = 500  # lane members one close_batch_slice call reads: a few ms of Redis time
+
+
 class Ledger:
     """The ledger over a sync ``redis.Redis`` (the API's publish path, the worker's Celery threads)."""
 
@@ -399,16 +536,26 @@ class Ledger:
         self.client = client
         self._scripts = {name: client.register_script(source) for name, source in _SCRIPTS.items()}
 
-    def _run(self, call: _Call):
-        return self._scripts[call.script](keys=call.keys, args=call.args)
+    def _run(self, call: _Call, client=None):
+        return self._scripts[call.script](keys=call.keys, args=call.args, client=client)
 
     def enqueue(self, queue: str, message: str | bytes, score: float, entry: LedgerEntry) -> bool:
         """Put a kombu message into its lane and record the request queued; False (and nothing written)
-        when the request is already recorded, i.e. a publish retried after its first try got through."""
+        when the request is already recorded, i.e. a publish retried after its first try got through, or
+        when its batch was closed meanwhile."""
         return bool(self._run(_enqueue_call(queue, message, score, entry)))
 
-    def start(self, request_id: str, worker_id: str, now: float) -> int | None:
-        return int(self._run(_start_call(request_id, worker_id, now))) or None
+    def enqueue_many(self, items: list[tuple[str, str | bytes, float, LedgerEntry]]) -> list[bool]:
+        """``enqueue`` for many (queue, message, score, entry) in one round trip (a pipeline, not one
+        transaction: each request still enters whole or not at all)."""
+        calls = [_enqueue_call(*item) for item in items]  # every ValueError before the first write
+        with self.client.pipeline(transaction=False) as pipe:
+            for call in calls:
+                self._run(call, client=pipe)
+            return [bool(reply) for reply in pipe.execute()]
+
+    def start(self, request_id: str, worker_id: str, now: float, batch_id: str | None = None) -> int | None:
+        return int(self._run(_start_call(request_id, worker_id, now, batch_id))) or None
 
     def finish(self, request: GenerationRequest, attempt: int, record: dict, text: str,
                completion: dict) -> int | None:
@@ -422,13 +569,15 @@ class Ledger:
                 now: float | None = None) -> int | None:
         return _fenced(self._run(_requeue_call(request, attempt, worker_id, now)))
 
-    def cancel(self, request_id: str, now: float, lane: str | None = None, member: str | bytes | None = None) -> bool:
+    def cancel(self, request_id: str, now: float, lane: str | None = None, member: str | bytes | None = None,
+               batch_id: str | None = None) -> bool:
         return bool(self._run(_end_queued_call(RequestStatus.cancelled, request_id, now, lane, member,
-                                               "the request was cancelled")))
+                                               "the request was cancelled", batch_id)))
 
-    def expire(self, request_id: str, now: float, lane: str | None = None, member: str | bytes | None = None) -> bool:
+    def expire(self, request_id: str, now: float, lane: str | None = None, member: str | bytes | None = None,
+               batch_id: str | None = None) -> bool:
         return bool(self._run(_end_queued_call(RequestStatus.expired, request_id, now, lane, member,
-                                               "the request expired before it ran")))
+                                               "the request expired before it ran", batch_id)))
 
     def read(self, request_id: str) -> RequestRecord | None:
         return _record(request_id, self.client.hgetall(keys.request_key(request_id)))
@@ -444,8 +593,8 @@ class AsyncLedger:
     async def _run(self, call: _Call):
         return await self._scripts[call.script](keys=call.keys, args=call.args)
 
-    async def start(self, request_id: str, worker_id: str, now: float) -> int | None:
-        return int(await self._run(_start_call(request_id, worker_id, now))) or None
+    async def start(self, request_id: str, worker_id: str, now: float, batch_id: str | None = None) -> int | None:
+        return int(await self._run(_start_call(request_id, worker_id, now, batch_id))) or None
 
     async def finish(self, request: GenerationRequest, attempt: int, record: dict, text: str,
                      completion: dict) -> int | None:
@@ -455,19 +604,43 @@ class AsyncLedger:
                    now: float | None = None) -> int | None:
         return _fenced(await self._run(_fail_call(request, attempt, error, now)))
 
+    async def abort(self, request: GenerationRequest, attempt: int, status: RequestStatus,
+                    now: float | None = None) -> int | None:
+        """End a running request of a closed batch as ``status`` (cancelled or expired); fenced as ``fail``."""
+        if status not in (RequestStatus.cancelled, RequestStatus.expired):
+            raise ValueError(f"a running request is aborted as cancelled or expired, not {status.value}")
+        return _fenced(await self._run(_fail_call(request, attempt, f"the request's batch was {status.value}", now,
+                                                  status)))
+
     async def requeue(self, request: GenerationRequest, attempt: int, worker_id: str,
                       now: float | None = None) -> int | None:
         return _fenced(await self._run(_requeue_call(request, attempt, worker_id, now)))
 
     async def cancel(self, request_id: str, now: float, lane: str | None = None,
-                     member: str | bytes | None = None) -> bool:
+                     member: str | bytes | None = None, batch_id: str | None = None) -> bool:
         return bool(await self._run(_end_queued_call(RequestStatus.cancelled, request_id, now, lane, member,
-                                                     "the request was cancelled")))
+                                                     "the request was cancelled", batch_id)))
 
     async def expire(self, request_id: str, now: float, lane: str | None = None,
-                     member: str | bytes | None = None) -> bool:
+                     member: str | bytes | None = None, batch_id: str | None = None) -> bool:
         return bool(await self._run(_end_queued_call(RequestStatus.expired, request_id, now, lane, member,
-                                                     "the request expired before it ran")))
+                                                     "the request expired before it ran", batch_id)))
+
+    async def close_batch_slice(self, batch_id: str, lane: str, status: RequestStatus, now: float, first: int,
+                                length: int = CLOSE_SLICE_LENGTH) -> SliceClosed:
+        """End the queued requests of a closed batch found in one slice of ``lane`` (ranks ``first`` on),
+        taking their messages out.  Call again from ``next_rank`` until ``at_end``."""
+        next_rank, ended, at_end = await self._run(_close_batch_slice_call(batch_id, lane, status, now, first,
+                                                                           length))
+        return SliceClosed(int(next_rank), int(ended), bool(at_end))
 
     async def read(self, request_id: str) -> RequestRecord | None:
         return _record(request_id, await self.client.hgetall(keys.request_key(request_id)))
+
+    async def read_many(self, request_ids: list[str]) -> list[RequestRecord | None]:
+        """Many requests' state in one round trip (a batch's finalization reads its requests this way)."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for request_id in request_ids:
+                pipe.hgetall(keys.request_key(request_id))
+            raws = await pipe.execute()
+        return [_record(request_id, raw) for request_id, raw in zip(request_ids, raws)]

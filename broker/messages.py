@@ -31,6 +31,14 @@ class GenerationRequest(BaseModel):
     predicted_output_tokens: float | None = None
     # The client reads tokens as they come; a stream cannot be rewound, so it is never preempted.
     stream: bool = False
+    # Set for a request of a Batch API batch (request id "<batch_id>-<line>"): nobody follows its events,
+    # its answer goes to the batch's output file, and the ledger counts it in the batch's counters.
+    batch_id: str | None = None
+
+    @property
+    def followed(self) -> bool:
+        """Whether a client may be reading this request's token events (every request but a batch's)."""
+        return self.batch_id is None
 
     @property
     def prompt_tokens(self) -> int:

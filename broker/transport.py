@@ -38,7 +38,8 @@ from broker.ledger import LEDGER_HEADER, Ledger, LedgerEntry
 from core import keys
 
 SCORE_HEADER = "sluice_score"
-HEADROOM_POLL_S = 0.25  # a full consumer's wait on its headroom lanes alone, before it looks at all lanes again
+HEADROOM_POLL_S = 0.25
+BULK_PUT_REQUESTS = 500  # requests per pipeline of a bulk publish: ~1 MB of messages a round trip  # a full consumer's wait on its headroom lanes alone, before it looks at all lanes again
 
 
 def message_score(message: dict) -> float:
@@ -95,6 +96,10 @@ class Channel(kombu_redis.Channel):
 
     # One sorted set per queue; kombu's priority sub-queues are not used.
     priority_steps = [0]
+    # Message bodies are JSON text (the only serializer Sluice accepts), stored as they are: kombu's default
+    # base64 (for binary serializers) makes every queued request a third bigger.  A consumer decodes each
+    # message by its own body_encoding property, so messages published before this change still read.
+    body_encoding = None
     unacked_key = keys.UNACKED
     unacked_index_key = keys.UNACKED_INDEX
     unacked_mutex_key = keys.UNACKED_MUTEX
@@ -105,6 +110,8 @@ class Channel(kombu_redis.Channel):
     headroom: int = 0
     _shared_client = None
     _ledger_of_client = None
+    # While a bulk publish collects (``collect_requests``): the requests ``_put`` was given, not yet sent.
+    _collected: list | None = None
 
     from_transport_options = kombu_redis.Channel.from_transport_options + (
         "lane_priority", "worker_id", "headroom_lanes", "headroom")
@@ -145,6 +152,24 @@ class Channel(kombu_redis.Channel):
             self._ledger_of_client = Ledger(client)
         return self._ledger_of_client
 
+    @contextlib.contextmanager
+    def collect_requests(self):
+        """Publish many requests in few round trips: inside this block ``_put`` collects each request
+        (everything Celery's ``send_task`` built: the message as it would be stored), and at its end
+        they go to the ledger in pipelines of ``BULK_PUT_REQUESTS`` (each still enters whole or not
+        at all).  Yields a list that the block's end fills with each request's enqueue result."""
+        self._collected = []
+        results: list[bool] = []
+        try:
+            yield results
+            collected, self._collected = self._collected, None
+            with self.conn_or_acquire() as client:
+                ledger = self._ledger(client)
+                for start in range(0, len(collected), BULK_PUT_REQUESTS):
+                    results.extend(ledger.enqueue_many(collected[start:start + BULK_PUT_REQUESTS]))
+        finally:
+            self._collected = None
+
     def _put(self, queue, message, **kwargs):
         kwargs.pop("_publish_batch", None)
         entry = message.get("headers", {}).get(LEDGER_HEADER)
@@ -154,6 +179,9 @@ class Channel(kombu_redis.Channel):
             headers = {name: value for name, value in message["headers"].items() if name != LEDGER_HEADER}
             message = {**message, "headers": headers}
         score = message_score(message)
+        if entry is not None and self._collected is not None:
+            self._collected.append((queue, dumps(message), score, LedgerEntry.from_header(entry)))
+            return
         with self.conn_or_acquire() as client:
             if entry is None:
                 client.zadd(keys.lane_key(queue), {dumps(message): score})

@@ -41,6 +41,22 @@ FILE = PREFIX + ":file:{file_id}"
 FILES = PREFIX + ":files"
 FILES_BY_PURPOSE = PREFIX + ":files:purpose:{purpose}"
 
+# Batches (the OpenAI Batch API, broker/batches.py): one record hash per batch; every batch's id scored by
+# creation time (listing), and the batches not yet ended scored by their deadline (the batch runner's work).
+BATCH = PREFIX + ":batch:{batch_id}"
+BATCHES = PREFIX + ":batches"
+BATCHES_OPEN = PREFIX + ":batches:open"
+# How many of a batch's requests are in each request status, kept by the request ledger in the step that
+# moves a request (constant-cost progress), and the field "closed" (cancelled | expired) once the batch
+# stops taking work: from then on its requests are ended instead of started.
+BATCH_COUNTS = PREFIX + ":batch:{batch_id}:counts"
+# Batch requests ended so far, all batches: status -> count (Prometheus' sluice_batch_requests_total).
+BATCH_REQUESTS_ENDED = PREFIX + ":batches:requests_ended"
+# Batches in each status: status -> count (Prometheus' sluice_batches), kept by each batch transition.
+BATCHES_BY_STATUS = PREFIX + ":batches:by_status"
+# Which API process works on a batch (validate, enqueue, close, finalize): SET NX with an expiry.
+BATCH_LEASE = PREFIX + ":batch:{batch_id}:lease"
+
 
 def lane_key(queue: str) -> str:
     return LANE.format(queue=queue)
@@ -70,3 +86,15 @@ def file_key(file_id: str) -> str:
 
 def files_by_purpose_key(purpose: str) -> str:
     return FILES_BY_PURPOSE.format(purpose=purpose)
+
+
+def batch_key(batch_id: str) -> str:
+    return BATCH.format(batch_id=batch_id)
+
+
+def batch_counts_key(batch_id: str) -> str:
+    return BATCH_COUNTS.format(batch_id=batch_id)
+
+
+def batch_lease_key(batch_id: str) -> str:
+    return BATCH_LEASE.format(batch_id=batch_id)

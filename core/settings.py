@@ -50,6 +50,14 @@ class Settings(BaseSettings):
         200 * 1024 * 1024, ge=1, description="Largest file `POST /v1/files` accepts (413 above it).")
     batch_file_max_lines: int = Field(
         100_000, ge=1, description="Most lines a file `POST /v1/files` accepts (400 above it).")
+    batch_prediction_sample: int = Field(
+        256, ge=1, description="Lines of a batch whose output length is predicted; their mean is every line's "
+        "prediction (docs/batch.md).")
+    batch_lease_s: float = Field(
+        30.0, gt=0, description="How long an API process holds a batch it works on without renewing; another "
+        "(or a restarted one) takes it over after that.")
+    batch_poll_interval_s: float = Field(
+        0.5, gt=0, description="How often the batch runner looks at open batches (deadlines, progress, cancels).")
 
     # --- queue ---------------------------------------------------------------
     lanes: list[str] = Field(
@@ -95,6 +103,9 @@ class Settings(BaseSettings):
         True, description="A full mixed worker aborts and requeues (at their score) non-streamed batch requests "
         "for interactive ones.")
     preemption_check_interval_s: float = Field(0.1, description="How often a mixed worker checks for interactive arrivals.")
+    batch_watch_interval_s: float = Field(
+        1.0, gt=0, description="How often a worker running batch requests checks whether their batch was cancelled "
+        "or expired (and aborts them).")
     preemption_max_attempts: int = Field(
         4, description="A batch request on this attempt or later is not preempted again (no starvation).")
 

@@ -18,13 +18,13 @@ state                                         written by               read by  
 ============================================  =======================  ===========================  ==========================================
 ``InflightRequests`` (requests held, their    pool threads, engine     pool threads, engine loop,   its one lock, ``InflightRequests._lock``
 attempts on the loop, owed displacements,     loop                     heartbeat                    (never held across I/O or ``await``)
-preempted-request count)
+preempted-request count, aborted batches)
 ``Admission.limit``                           main (control command,   pool threads, engine loop,   one writer; an int, read as a whole (GIL).
                                               bootstep)                heartbeat                    A reader may see the previous limit: the
                                                                                                     next request or check sees the new one
 consumer QoS (prefetch)                       main                     main                         confined to the main thread
 ``Admission.gate``, AsyncLLM, asyncio Redis   engine loop              engine loop                  confined to the loop; other threads go
-client, ``PreemptionWatch``                                                                         through ``EngineLoop.submit``/``call_soon``
+client, ``PreemptionWatch``, ``BatchWatch``                                                         through ``EngineLoop.submit``/``call_soon``
 ``EngineState`` (vLLM's stats)                engine loop (stat        heartbeat                    ``EngineState.lock``
                                               logger)
 ``Heartbeat.draining``                        main (signal handler)    heartbeat                    one writer, a bool that only becomes True;

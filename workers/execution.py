@@ -13,13 +13,21 @@ import asyncio
 import logging
 import time
 
-from broker.ledger import AsyncLedger, Ledger
+from broker.ledger import AsyncLedger, Ledger, RequestStatus
 from broker.messages import GenerationRequest
 from workers.generation import generate_and_stream
 from workers.inflight import HeldRequest, InflightRequests
 from workers.preemption import Preempted
 
 log = logging.getLogger(__name__)
+
+
+class Aborted(Exception):
+    """Raised inside an attempt whose batch was cancelled or expired (workers.batch_watch)."""
+
+    def __init__(self, request_id: str, status: str):
+        super().__init__(f"request {request_id}: its batch was {status}")
+        self.status = status
 
 
 class PreemptibleEngine:
@@ -43,6 +51,9 @@ class PreemptibleEngine:
                 reason = self._inflight.preempted_reason(self._held)
                 if reason is not None:
                     raise Preempted(self._held.request_id, reason)
+                status = self._inflight.aborted_as(self._held)
+                if status is not None:
+                    raise Aborted(self._held.request_id, status)
                 yield output
         finally:
             await stream.aclose()  # vLLM aborts an unfinished request when its stream is closed
@@ -73,7 +84,8 @@ class RequestExecutor:
 
         ``redelivered_at``: when a dead worker's copy of this message went back to its lane, if it did."""
         request = GenerationRequest.model_validate(payload)
-        held, running_here = self.inflight.hold(request.request_id, request.slo, preemptible=not request.stream)
+        held, running_here = self.inflight.hold(request.request_id, request.slo, preemptible=not request.stream,
+                                                batch_id=request.batch_id)
         if held is None:
             # Redelivered while this worker still runs it: its heartbeat was late, not gone.  Running
             # it twice would waste a slot on work already under way; instead this delivery waits for
@@ -85,10 +97,11 @@ class RequestExecutor:
             return None
         try:
             started_at = time.time()
-            attempt = self.ledger.start(request.request_id, self.worker_id, started_at)
+            attempt = self.ledger.start(request.request_id, self.worker_id, started_at, batch_id=request.batch_id)
             if attempt is None:
                 # The request ended already: e.g. redelivered after its worker finished it but died before
-                # the ack, or cancelled while queued.  Answer once only: acknowledge without running.
+                # the ack, or cancelled while queued (or its batch was: start ended it).  Answer once only:
+                # acknowledge without running.
                 log.warning("request %s already ended; dropping this delivery", request.request_id)
                 return None
             if redelivered_at is not None:
@@ -120,7 +133,12 @@ class RequestExecutor:
                     record["redelivered_at"] = redelivered_at
             finally:
                 self.inflight.generation_ended(held)
+        except Aborted as exc:
+            return await self._abort(request, attempt, exc.status)
         except asyncio.CancelledError:
+            status = self.inflight.aborted_as(held)
+            if status is not None:
+                return await self._abort(request, attempt, status)
             reason = self.inflight.preempted_reason(held)
             if reason is None:
                 raise
@@ -145,6 +163,15 @@ class RequestExecutor:
                         request.request_id, attempt, newest)
             return {**record, "superseded_by_attempt": newest}
         return record
+
+    async def _abort(self, request: GenerationRequest, attempt: int, status: str) -> dict:
+        """End an attempt of a closed batch's request unanswered (its message is acknowledged)."""
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            task.uncancel()
+        await self.async_ledger.abort(request, attempt, RequestStatus(status))
+        log.info("request %s aborted: its batch %s was %s", request.request_id, request.batch_id, status)
+        return {"request_id": request.request_id, "aborted": status}
 
     async def _yield_place(self, request: GenerationRequest, attempt: int, reason: str):
         """Mark a preempted request queued again and raise Preempted: the task requeues its message."""

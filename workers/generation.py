@@ -31,11 +31,13 @@ def sampling_params(request: GenerationRequest) -> SamplingParams:
 
 async def generate_and_stream(engine, client: aioredis.Redis, request: GenerationRequest, *, attempt: int,
                               worker_id: str, started_at: float) -> dict:
-    """Generate, publishing start and delta events; return the completion record (the caller publishes done)."""
-    await publish(client, request.request_id, {
-        "type": "start", "attempt": attempt, "worker": worker_id,
-        "queue_wait_s": started_at - request.enqueued_at,
-    })
+    """Generate, publishing start and delta events (for a request someone follows: not a Batch API
+    request's); return the completion record (the caller publishes done)."""
+    if request.followed:
+        await publish(client, request.request_id, {
+            "type": "start", "attempt": attempt, "worker": worker_id,
+            "queue_wait_s": started_at - request.enqueued_at,
+        })
     first_token_at = last_token_at = None
     text_parts: list[str] = []
     output_tokens = 0
@@ -55,9 +57,11 @@ async def generate_and_stream(engine, client: aioredis.Redis, request: Generatio
             last_token_at = now
             output_tokens += len(completion.token_ids)
             text_parts.append(completion.text)
-            await publish(client, request.request_id, {
-                "type": "delta", "attempt": attempt, "text": completion.text, "tokens": len(completion.token_ids),
-            })
+            if request.followed:
+                await publish(client, request.request_id, {
+                    "type": "delta", "attempt": attempt, "text": completion.text,
+                    "tokens": len(completion.token_ids),
+                })
         if output.finished:
             finish_reason = completion.finish_reason
     finished_at = time.time()

@@ -41,6 +41,8 @@ class HeldRequest:
     admitted: bool = False  # past the batching gate, i.e. on the engine
     generating: bool = False  # on the loop and not yet done generating: the only time it can be preempted
     preempted: str | None = None  # why it was told to yield; it then no longer occupies the worker
+    batch_id: str | None = None  # the Batch API batch it belongs to
+    aborted: str | None = None  # its batch closed: "cancelled" or "expired"; the attempt ends unanswered
 
     @property
     def occupies(self) -> bool:
@@ -55,13 +57,14 @@ class InflightRequests:
         self._preempted_batch_requests = 0
 
     # --- pool threads ------------------------------------------------------------------------
-    def hold(self, request_id: str, lane: str, preemptible: bool) -> tuple[HeldRequest | None, HeldRequest | None]:
+    def hold(self, request_id: str, lane: str, preemptible: bool,
+             batch_id: str | None = None) -> tuple[HeldRequest | None, HeldRequest | None]:
         """(new record, None), or (None, the record already held) when this request id runs here already."""
         with self._lock:
             existing = self._held.get(request_id)
             if existing is not None:
                 return None, existing
-            held = self._held[request_id] = HeldRequest(request_id, lane, preemptible)
+            held = self._held[request_id] = HeldRequest(request_id, lane, preemptible, batch_id=batch_id)
             return held, None
 
     def count(self, held: HeldRequest, attempt: int, started_at: float, *, admission_limit: int,
@@ -101,6 +104,26 @@ class InflightRequests:
     def preempted_reason(self, held: HeldRequest) -> str | None:
         with self._lock:
             return held.preempted
+
+    def aborted_as(self, held: HeldRequest) -> str | None:
+        with self._lock:
+            return held.aborted
+
+    def batch_ids(self) -> set[str]:
+        """The batches of the started requests held here (the batch watch reads whether they closed)."""
+        with self._lock:
+            return {h.batch_id for h in self._held.values() if h.batch_id and h.counted and h.aborted is None}
+
+    def abort_batch(self, batch_id: str, status: str) -> list[HeldRequest]:
+        """Mark the started requests of a closed batch aborted; the caller cancels the tasks returned."""
+        with self._lock:
+            aborted = []
+            for held in self._held.values():
+                if held.batch_id == batch_id and held.counted and held.aborted is None:
+                    held.aborted = status
+                    if held.task is not None and not held.task.done():
+                        aborted.append(held)
+            return aborted
 
     def preemption_view(self) -> tuple[list[RunningRequest], dict[str, int], int, list[asyncio.Task]]:
         """What the preemption decision needs, in one look: the batch requests it may preempt (on the engine,

@@ -4,7 +4,8 @@
 * :class:`workers.admission.Admission` — the admission limit (the consumer's prefetch) and the batching gate;
 * :class:`workers.inflight.InflightRequests` — the requests held, for admission, preemption and the heartbeat;
 * :class:`workers.execution.RequestExecutor` — serves one request, through the request ledger;
-* :class:`workers.preemption.PreemptionWatch` — on a preempting mixed worker, makes batch work yield.
+* :class:`workers.preemption.PreemptionWatch` — on a preempting mixed worker, makes batch work yield;
+* :class:`workers.batch_watch.BatchWatch` — aborts the running requests of a cancelled or expired batch.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from broker.ledger import Ledger
 from core.redis_clients import async_client, sync_client
 from core.settings import Settings
 from workers.admission import Admission
+from workers.batch_watch import BatchWatch
 from workers.engine import EngineLoop
 from workers.execution import RequestExecutor
 from workers.inflight import InflightRequests
@@ -33,6 +35,7 @@ class WorkerRuntime:
         self.admission = Admission(settings, self.engine.call_soon)
         self.inflight = InflightRequests()
         self.preemption_watch = PreemptionWatch(settings, self.inflight, self.admission) if self.preempts else None
+        self.batch_watch = BatchWatch(settings, self.inflight)
         self.executor = RequestExecutor(settings, worker_id, self.engine, self.admission, self.inflight,
                                         Ledger(sync_client(settings.require_redis_url())), self.preempts,
                                         self.preemption_watch)
@@ -44,6 +47,7 @@ class WorkerRuntime:
             self.executor.start(client)
             if self.preemption_watch is not None:
                 self.preemption_watch.start(client)
+            self.batch_watch.start(client)
 
         self.engine.start(then=on_loop)
 
