@@ -177,7 +177,8 @@ class BatchRecord:
             "request_counts": {"total": self.total, "completed": counts.done,
                                "failed": counts.failed + counts.cancelled + counts.expired},
             "metadata": self.metadata,
-            "sluice": {"deadline": self.expires_at, "queued": counts.queued, "running": counts.running,
+            # enqueued: every request of the file is in the lane (or the batch closed before they all were).
+            "sluice": {"deadline": self.expires_at, "enqueued": self.enqueued, "queued": counts.queued, "running": counts.running,
                        "done": counts.done, "failed": counts.failed, "cancelled": counts.cancelled,
                        "expired": counts.expired},
         }

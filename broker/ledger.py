@@ -175,11 +175,15 @@ class LedgerEntry:
         )
 
     def to_header(self) -> dict:
-        return dataclasses.asdict(self)
+        # Flat fields: a plain dict, not dataclasses.asdict (its deep copy was a tenth of a bulk publish).
+        return {name: getattr(self, name) for name in _ENTRY_FIELDS}
 
     @classmethod
     def from_header(cls, header: Mapping) -> LedgerEntry:
         return cls(**header)
+
+
+_ENTRY_FIELDS = tuple(item.name for item in dataclasses.fields(LedgerEntry))
 
 
 def _number(value: float | None) -> str:

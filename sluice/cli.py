@@ -249,6 +249,7 @@ def scaler_status(limit, as_json) -> None:
     "ssjf": "bench.ssjf.ssjf_command",
     "cluster": "bench.cluster.cluster_command",
     "scale": "bench.scale.scale_command",
+    "batch": "bench.batch_bench.batch_command",
 })
 def bench() -> None:
     """Benchmarks (results are ratios measured side by side in one run)."""

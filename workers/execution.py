@@ -102,7 +102,9 @@ class RequestExecutor:
                 # The request ended already: e.g. redelivered after its worker finished it but died before
                 # the ack, or cancelled while queued (or its batch was: start ended it).  Answer once only:
                 # acknowledge without running.
-                log.warning("request %s already ended; dropping this delivery", request.request_id)
+                # (One line per request of a cancelled batch: not a warning.)
+                (log.info if request.batch_id else log.warning)("request %s already ended; dropping this delivery",
+                                                                request.request_id)
                 return None
             if redelivered_at is not None:
                 log.info("request %s: attempt %d, redelivered %.2f s ago after its worker died", request.request_id,
