@@ -26,7 +26,9 @@ event loop integration Celery uses) is kombu's.  What changes:
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import time
 
 from kombu.transport import TRANSPORT_ALIASES, virtual
@@ -50,6 +52,20 @@ def message_score(message: dict) -> float:
         score = time.time()
         headers[SCORE_HEADER] = score
     return float(score)
+
+
+def message_body(message: dict) -> bytes | str:
+    """A stored message's body as published: base64-decoded when the message says so (kombu's default
+    encoding, and this transport's before it stored bodies as JSON text)."""
+    body = message["body"]
+    if message.get("properties", {}).get("body_encoding") == "base64":
+        return base64.b64decode(body)
+    return body
+
+
+def request_payload(message: dict) -> dict:
+    """The request a task message carries (the first argument of ``sluice.generate``)."""
+    return json.loads(message_body(message))[0][0]
 
 
 def lane_order(active_queues, lane_priority) -> list[str]:

@@ -7,7 +7,6 @@ once, by :class:`broker.heartbeat.WorkerHeartbeat`.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import time
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 
 from broker.deadlines import read_deadline_buckets
 from broker.heartbeat import WorkerHeartbeat, read_heartbeats
+from broker.transport import request_payload
 from core import keys
 from core.names import LANES
 from scaler.state import ClusterSnapshot, DeadlineGroup, LaneObservation, PoolObservation, WorkerObservation
@@ -36,9 +36,7 @@ def _oldest_enqueued_at(client, lane: str, sample: int = 32) -> float | None:
     oldest = None
     for member in client.zrange(keys.lane_key(lane), 0, sample - 1):
         try:
-            message = json.loads(member)
-            args = json.loads(base64.b64decode(message["body"]))[0]
-            enqueued_at = float(args[0]["enqueued_at"])
+            enqueued_at = float(request_payload(json.loads(member))["enqueued_at"])
         except (ValueError, KeyError, IndexError, TypeError):
             continue
         oldest = enqueued_at if oldest is None else min(oldest, enqueued_at)
