@@ -32,6 +32,9 @@ ARRIVALS = PREFIX + ":arrivals"
 SCALER_DECISIONS = PREFIX + ":scaler:decisions"
 SCALER_ACTIONS = PREFIX + ":scaler:actions"
 
+# A model's interactive capacity per worker, measured by `sluice profile` (broker/capacity.py).
+CAPACITY = PREFIX + ":capacity:{model}"
+
 # Completed-request records (bounded list) for metrics, the scaler and the predictor.
 COMPLETIONS = PREFIX + ":completions"
 
@@ -98,3 +101,7 @@ def batch_counts_key(batch_id: str) -> str:
 
 def batch_lease_key(batch_id: str) -> str:
     return BATCH_LEASE.format(batch_id=batch_id)
+
+
+def capacity_key(model: str) -> str:
+    return CAPACITY.format(model=model)

@@ -12,6 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from broker.capacity import read_profile
 from broker.deadlines import read_deadline_buckets
 from broker.heartbeat import WorkerHeartbeat, read_heartbeats
 from broker.transport import request_payload
@@ -29,6 +30,8 @@ class RawObservation:
     arrivals: dict[str, float]
     deadline_buckets: list[tuple[float, int, float]]
     pools: dict[str, PoolObservation] = field(default_factory=dict)
+    # Per-worker interactive capacity of the served model, from `sluice profile` (None: never profiled).
+    profiled_capacity_tokens_per_s: float | None = None
 
 
 def _oldest_enqueued_at(client, lane: str, sample: int = 32) -> float | None:
@@ -52,10 +55,13 @@ def read_raw(client, pools: dict[str, PoolObservation]) -> RawObservation:
         replies = pipe.execute()
     depths = dict(zip(LANES, replies[:len(LANES)]))
     arrivals = {k.decode(): float(v) for k, v in replies[-1].items()}
+    models = sorted({beat.model for beat in heartbeats.values() if beat.model})
+    profile = read_profile(client, models[0]) if models else None
     return RawObservation(
         read_at=time.time(), heartbeats=heartbeats, lane_depths=depths,
         oldest_enqueued_at={lane: _oldest_enqueued_at(client, lane) if depths[lane] else None for lane in LANES},
         arrivals=arrivals, deadline_buckets=read_deadline_buckets(client), pools=pools,
+        profiled_capacity_tokens_per_s=profile.tokens_per_s if profile else None,
     )
 
 
@@ -99,7 +105,7 @@ def build_snapshot(raw: RawObservation, previous: RawObservation | None, *, max_
         )
     return ClusterSnapshot(now=raw.read_at, observed_at=observed_at, complete=complete and previous is not None,
                            pools=dict(raw.pools), workers=workers, interactive=lanes["interactive"],
-                           batch=lanes["batch"])
+                           batch=lanes["batch"], profiled_capacity_tokens_per_s=raw.profiled_capacity_tokens_per_s)
 
 
 def default_token_variance(mean_tokens: float = 400.0) -> float:

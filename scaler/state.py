@@ -92,6 +92,8 @@ class ClusterSnapshot:
     workers: tuple[WorkerObservation, ...] = ()
     interactive: LaneObservation | None = None
     batch: LaneObservation | None = None
+    # Per-worker interactive capacity measured by `sluice profile` for the served model, if it was.
+    profiled_capacity_tokens_per_s: float | None = None
 
     @property
     def age_s(self) -> float:

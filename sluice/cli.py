@@ -243,6 +243,36 @@ def scaler_status(limit, as_json) -> None:
             click.echo(f"      {step}: {why}")
 
 
+# --- profile -----------------------------------------------------------------------
+@main.command("profile")
+@click.option("--url", default=None, help="The API (default http://127.0.0.1:<SLUICE_API_PORT>).")
+@click.option("--concurrency", "concurrency_text", default="1,2,4,8,16,32", show_default=True,
+              help="Load steps: requests kept in flight, comma-separated, lightest first.")
+@click.option("--step-s", type=float, default=20.0, show_default=True, help="Seconds per load step.")
+@click.option("--max-tokens", type=int, default=128, show_default=True, help="Output tokens per request.")
+@click.option("--prompt-words", type=int, default=100, show_default=True, help="Prompt length in words.")
+@click.option("--no-store", is_flag=True, help="Print the profile without storing it in Redis.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
+def profile_command(url, concurrency_text, step_s, max_tokens, prompt_words, no_store, json_out) -> None:
+    """Measure a worker's interactive capacity (tokens/s at the ITL SLO) and store it for the scaler."""
+    import dataclasses
+    import json
+
+    from sluice.profile import profile
+
+    settings = build_settings()
+    base_url = url or f"http://127.0.0.1:{settings.api_port}"
+    concurrencies = [int(part) for part in concurrency_text.split(",") if part.strip()]
+    result = profile(settings, base_url, concurrencies=concurrencies, step_s=step_s, max_tokens=max_tokens,
+                     prompt_words=prompt_words, store=not no_store, echo=click.echo)
+    click.echo(f"capacity of {result.model}: {result.tokens_per_s:.1f} output tokens/s per worker at ITL p90 <= "
+               f"{result.itl_slo_s * 1000:.0f} ms (concurrency {result.concurrency}, {result.workers} worker(s))"
+               + ("" if no_store else "; stored for the scaler"))
+    if json_out:
+        with open(json_out, "w") as handle:
+            json.dump(dataclasses.asdict(result), handle, indent=2)
+
+
 # --- bench -------------------------------------------------------------------------
 @main.group(cls=LazyGroup, lazy_subcommands={
     "broker": "bench.broker_bench.broker_command",

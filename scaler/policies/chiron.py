@@ -101,7 +101,8 @@ class Capacity:
 
 
 def measure_capacity(snapshot: ClusterSnapshot, state: ChironState, config: ScalerConfig) -> Step[Capacity]:
-    """Per-instance interactive capacity: EWMA of samples on latency-saturated workers, the prior until then."""
+    """Per-instance interactive capacity: EWMA of samples on latency-saturated workers; until there is one,
+    the figure `sluice profile` measured for the served model; without that, the configured prior."""
     cfg = config.chiron
     sample = capacity_sample(snapshot, config) if cfg.measure_capacity_online else None
     measured = state.capacity_tokens_per_s
@@ -113,11 +114,15 @@ def measure_capacity(snapshot: ClusterSnapshot, state: ChironState, config: Scal
         source = "measured earlier, " + (
             "no latency-saturated worker this period" if cfg.measure_capacity_online else "online measurement off"
         )
+    elif snapshot.profiled_capacity_tokens_per_s:
+        source = "measured by sluice profile, " + (
+            "no latency-saturated worker yet" if cfg.measure_capacity_online else "online measurement off"
+        )
     else:
         source = "the prior, " + (
             "no latency-saturated worker yet" if cfg.measure_capacity_online else "online measurement off"
         )
-    used = measured or cfg.interactive_capacity_tokens_per_s_prior
+    used = measured or snapshot.profiled_capacity_tokens_per_s or cfg.interactive_capacity_tokens_per_s_prior
     return Step("measure_capacity", Capacity(measured, used), f"capacity {used:.0f} tok/s per instance ({source})")
 
 
