@@ -162,9 +162,10 @@ class BatchJob:
                 if counts.get("total") and bar.total != counts["total"]:
                     bar.total = counts["total"]  # known once the input is validated
                 ended = counts.get("completed", 0) + counts.get("failed", 0)
+                bar.set_postfix_str(batch["status"], refresh=False)
                 bar.update(ended - shown)
+                bar.refresh()
                 shown = ended
-                bar.set_postfix_str(batch["status"])
                 if batch["status"] in ENDED_STATUSES:
                     break
                 if timeout_s is not None and time.monotonic() - started > timeout_s:
