@@ -254,7 +254,8 @@ def default_api_url() -> str:
     return f"http://{host}:{settings.api_port}"
 
 
-url_option = click.option("--url", default=None, help="The Sluice API (default http://<SLUICE_API_HOST>:<SLUICE_API_PORT>).")
+url_option = click.option("--url", default=None,
+                          help="The Sluice API (default http://<SLUICE_API_HOST>:<SLUICE_API_PORT>).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the batch object as JSON.")
 
 
@@ -339,7 +340,8 @@ def batch() -> None:
 
 @batch.command("submit", cls=BatchCommand)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--window", default="24h", show_default=True, help="Completion window: the deadline (24h, 2h, 30m, 1h30m, 90s).")
+@click.option("--window", default="24h", show_default=True,
+              help="Completion window: the deadline (24h, 2h, 30m, 1h30m, 90s).")
 @click.option("--endpoint", type=click.Choice(["/v1/chat/completions", "/v1/completions"]), default=None,
               help="The endpoint of every line (default: the first line's url).")
 @click.option("--metadata", multiple=True, metavar="KEY=VALUE", help="Metadata to attach (repeatable).")

@@ -213,7 +213,8 @@ class Batches:
                **options) -> BatchJob:
         """Run a batch: ``prompts_or_path`` is a list of prompts (or a mapping of custom id to prompt), from
         which the JSONL input is written here, with ``max_tokens`` (None: the server's default), ``options``
-        and the served model in every body; or the path of a .jsonl file already in the Batch input format, sent as it is.
+        and the served model in every body; or the path of a .jsonl file already in the Batch input format,
+        sent as it is.
         ``deadline``: seconds from now, a timedelta or a duration such as ``"2h"`` (at most 24h); every
         request's deadline.  ``endpoint``: by default the chat endpoint (``chat=False``: completions) for
         prompts, and the first line's ``url`` for a file.  The batch is created ``validating``; a file the

@@ -86,3 +86,29 @@ def test_a_failed_batch_names_its_lines():
     assert str(error) == ("batch batch_1 failed: line 3: duplicate_custom_id: custom_id 'a' is used twice; "
                           "too_many_errors: 2 more errors not listed")
     assert error.status is None and error.batch["id"] == "batch_1"
+
+
+@pytest.mark.parametrize("host, port, url", [(None, None, "http://127.0.0.1:8000"),
+                                             ("0.0.0.0", "9000", "http://127.0.0.1:9000"),
+                                             ("10.1.2.3", None, "http://10.1.2.3:8000")])
+def test_the_cli_finds_the_api_where_the_settings_put_it(monkeypatch, host, port, url):
+    from sluice.cli import default_api_url
+
+    for name, value in (("SLUICE_API_HOST", host), ("SLUICE_API_PORT", port)):
+        monkeypatch.delenv(name, raising=False)
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    assert default_api_url() == url
+
+
+def test_the_cli_shows_a_batch_with_its_counts_and_line_errors():
+    from sluice.cli import describe_batch
+
+    shown = describe_batch({
+        "id": "batch_1", "status": "failed", "endpoint": "/v1/chat/completions", "completion_window": "2h",
+        "created_at": 0, "expires_at": 7200, "input_file_id": "file-in", "output_file_id": None,
+        "error_file_id": None, "metadata": {"job": "x"}, "request_counts": {"total": 0, "completed": 0, "failed": 0},
+        "errors": {"data": [{"code": "duplicate_custom_id", "message": "twice", "param": "custom_id", "line": 2}]}})
+    assert shown[0] == "batch_1  failed"
+    assert "  requests     0 total, 0 completed, 0 failed" in shown and "  metadata     job=x" in shown
+    assert shown[-1] == "  error        line 2: duplicate_custom_id: twice"
