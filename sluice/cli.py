@@ -245,7 +245,7 @@ def scaler_status(limit, as_json) -> None:
 
 # --- profile -----------------------------------------------------------------------
 @main.command("profile")
-@click.option("--url", default=None, help="The API (default http://127.0.0.1:<SLUICE_API_PORT>).")
+@click.option("--url", default=None, help="The API (default: this host's, from SLUICE_API_HOST/SLUICE_API_PORT).")
 @click.option("--concurrency", "concurrency_text", default="1,2,4,8,16,32", show_default=True,
               help="Load steps: requests kept in flight, comma-separated, lightest first.")
 @click.option("--step-s", type=float, default=20.0, show_default=True, help="Seconds per load step.")
@@ -261,7 +261,7 @@ def profile_command(url, concurrency_text, step_s, max_tokens, prompt_words, no_
     from sluice.profile import profile
 
     settings = build_settings()
-    base_url = url or f"http://127.0.0.1:{settings.api_port}"
+    base_url = url or default_api_url()
     concurrencies = [int(part) for part in concurrency_text.split(",") if part.strip()]
     result = profile(settings, base_url, concurrencies=concurrencies, step_s=step_s, max_tokens=max_tokens,
                      prompt_words=prompt_words, store=not no_store, echo=click.echo)
@@ -271,6 +271,186 @@ def profile_command(url, concurrency_text, step_s, max_tokens, prompt_words, no_
     if json_out:
         with open(json_out, "w") as handle:
             json.dump(dataclasses.asdict(result), handle, indent=2)
+
+
+# --- batch -------------------------------------------------------------------------
+BIND_ALL = ("", "0.0.0.0", "::")
+
+
+def default_api_url() -> str:
+    """Where this machine's API listens: SLUICE_API_HOST (loopback when it binds every address) and port."""
+    settings = build_settings()
+    host = "127.0.0.1" if settings.api_host in BIND_ALL else settings.api_host
+    return f"http://{host}:{settings.api_port}"
+
+
+url_option = click.option("--url", default=None,
+                          help="The Sluice API (default http://<SLUICE_API_HOST>:<SLUICE_API_PORT>).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the batch object as JSON.")
+
+
+class BatchCommand(click.Command):
+    """A batch command: an API refusal, an unreachable API or a bad argument ends it with one line and exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        import httpx
+
+        from sluice.sdk import SluiceError
+
+        try:
+            return super().invoke(ctx)
+        except SluiceError as exc:
+            raise click.ClickException(str(exc)) from None
+        except httpx.TransportError as exc:
+            url = ctx.params.get("url") or default_api_url()
+            raise click.ClickException(f"cannot reach the Sluice API at {url}: {exc}") from None
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def batch_client(url: str | None):
+    from sluice.sdk import SluiceClient
+
+    return SluiceClient(url or default_api_url())
+
+
+def batch_job(url: str | None, batch_id: str):
+    """The batch of that id, without a request yet: the command's own request answers 404 if there is none."""
+    from sluice.sdk import BatchJob
+
+    return BatchJob(batch_client(url), batch_id)
+
+
+def when(timestamp: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp)) if timestamp else "-"
+
+
+def describe_batch(batch: dict) -> list[str]:
+    """The batch object for a person: status, progress, files, errors."""
+    from sluice.sdk import describe_batch_error
+
+    counts = batch.get("request_counts") or {}
+    lines = [f"{batch['id']}  {batch['status']}",
+             f"  endpoint     {batch['endpoint']}",
+             f"  window       {batch['completion_window']} (created {when(batch.get('created_at'))}, "
+             f"expires {when(batch.get('expires_at'))})",
+             f"  requests     {counts.get('total', 0)} total, {counts.get('completed', 0)} completed, "
+             f"{counts.get('failed', 0)} failed"]
+    if batch.get("sluice"):
+        lines.append("  by status    " + ", ".join(f"{name} {batch['sluice'].get(name, 0)}" for name in
+                                                    ("queued", "running", "done", "failed", "cancelled", "expired")))
+    lines += [f"  input file   {batch['input_file_id']}",
+              f"  output file  {batch.get('output_file_id') or '-'}",
+              f"  error file   {batch.get('error_file_id') or '-'}"]
+    if batch.get("metadata"):
+        lines.append("  metadata     " + ", ".join(f"{k}={v}" for k, v in batch["metadata"].items()))
+    for error in (batch.get("errors") or {}).get("data") or []:
+        lines.append(f"  error        {describe_batch_error(error)}")
+    return lines
+
+
+def echo_batch(batch: dict, as_json: bool) -> None:
+    click.echo(json.dumps(batch, indent=2) if as_json else "\n".join(describe_batch(batch)))
+
+
+def parse_metadata(pairs: tuple[str, ...]) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    if not all("=" in pair for pair in pairs):
+        raise click.BadParameter("write KEY=VALUE", param_hint="--metadata")
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+@main.group()
+def batch() -> None:
+    """Batch jobs through the OpenAI Batch API: submit a JSONL file, follow it, fetch its results."""
+    # A line per HTTP request would bury the answer (and an error's one line) under --log-level INFO.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+@batch.command("submit", cls=BatchCommand)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--window", default="24h", show_default=True,
+              help="Completion window: the deadline (24h, 2h, 30m, 1h30m, 90s).")
+@click.option("--endpoint", type=click.Choice(["/v1/chat/completions", "/v1/completions"]), default=None,
+              help="The endpoint of every line (default: the first line's url).")
+@click.option("--metadata", multiple=True, metavar="KEY=VALUE", help="Metadata to attach (repeatable).")
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the batch to end, with a progress bar on stderr.")
+@click.option("--poll", "poll_s", type=float, default=2.0, show_default=True, help="Seconds between polls with --wait.")
+@url_option
+@json_option
+def batch_submit(file, window, endpoint, metadata, wait_, poll_s, url, as_json) -> None:
+    """Upload FILE (Batch input JSONL: custom_id, method, url, body per line) and create a batch from it."""
+    client = batch_client(url)
+    job = client.batches.submit(file, deadline=window, endpoint=endpoint, metadata=parse_metadata(metadata))
+    if wait_:
+        echo_batch(job.wait(poll_s=poll_s, progress=not as_json), as_json)
+    else:
+        echo_batch(job.status(), as_json)
+
+
+def one_batch_command(name: str):
+    """A command on one batch that prints the batch object: BATCH_ID, --url, --json."""
+    def decorate(function):
+        for option in (json_option, url_option, click.argument("batch_id"), batch.command(name, cls=BatchCommand)):
+            function = option(function)
+        return function
+    return decorate
+
+
+@one_batch_command("status")
+def batch_status(batch_id, url, as_json) -> None:
+    """A batch's status, request counts and files."""
+    echo_batch(batch_job(url, batch_id).status(), as_json)
+
+
+@batch.command("results", cls=BatchCommand)
+@click.argument("batch_id")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the lines to this file (default: standard output).")
+@click.option("--order", type=click.Choice(["file", "custom_id"]), default="file", show_default=True,
+              help="file: as the server wrote them (output file, then error file); custom_id: sorted by custom_id.")
+@url_option
+def batch_results(batch_id, output, order, url) -> None:
+    """An ended batch's output lines (then its error lines), one JSON object a line."""
+    lines = batch_job(url, batch_id).results(order=order)
+    out = output.open("w", encoding="utf-8") if output else sys.stdout
+    written = 0
+    try:
+        for line in lines:
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
+            written += 1
+    finally:
+        if output:
+            out.close()
+    if output:
+        click.echo(f"{written} lines written to {output}", err=True)
+
+
+@one_batch_command("cancel")
+def batch_cancel(batch_id, url, as_json) -> None:
+    """Cancel a batch: its queued requests leave the queue at once, running ones are aborted."""
+    echo_batch(batch_job(url, batch_id).cancel(), as_json)
+
+
+@batch.command("list", cls=BatchCommand)
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option("--after", default=None, help="The last batch id of the previous page.")
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="Print the list object as JSON.")
+def batch_list(limit, after, url, as_json) -> None:
+    """Batches, newest first."""
+    page = batch_client(url).batches.list(limit=limit, after=after)
+    if as_json:
+        click.echo(json.dumps(page, indent=2))
+        return
+    for item in page["data"]:
+        counts = item.get("request_counts") or {}
+        ended = counts.get("completed", 0) + counts.get("failed", 0)
+        click.echo(f"{item['id']}  {item['status']:<11} {ended}/{counts.get('total', 0)}  "
+                   f"{when(item.get('created_at'))}  {item['endpoint']}")
+    if page.get("has_more"):
+        click.echo(f"(more: --after {page['last_id']})")
 
 
 # --- bench -------------------------------------------------------------------------
