@@ -113,6 +113,15 @@ class Settings(BaseSettings):
     scaler_policy: Literal["chiron", "static", "static_peak", "utilization", "queue"] = "chiron"
     scaler_actuator: Literal["local", "docker", "kubernetes"] = "local"
     scaler: ScalerConfig = Field(default_factory=ScalerConfig, description="Every scaling constant (docs/scaler.md).")
+    # The docker actuator's workers (`sluice scaler run --actuator docker`).
+    docker_image: str = Field("sluice:latest", description="Image of the worker containers the docker actuator starts.")
+    docker_network: str | None = Field(None, description="Docker network the worker containers join (where Redis is).")
+    docker_redis_url: str | None = Field(
+        None, description="Redis URL the worker containers use. Unset: redis_url (which must then resolve from "
+        "inside the containers, not 127.0.0.1).")
+    docker_gpus_per_worker: int = Field(1, ge=0, description="GPUs each worker container requests (0: none).")
+    docker_gpu_device_ids: list[str] | None = Field(
+        None, description="GPU ids the containers share out, one each. Unset: the engine picks.")
 
     @model_validator(mode="after")
     def _ssjf_needs_predictions(self) -> "Settings":

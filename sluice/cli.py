@@ -209,6 +209,10 @@ def scaler_run(policy, actuator) -> None:
         # The workers it starts get this process's settings (and watch the same Redis).
         options.update(redis_url=settings.redis_url, env=child_env(settings),
                        log_dir=settings.data_dir / "logs" / "workers")
+    elif settings.scaler_actuator == "docker":
+        from scaler.actuators import docker_options
+
+        options.update(docker_options(settings))
     act = make_actuator(settings.scaler_actuator, **options)
     service = ScalerService(client, create_app(settings), act, settings.scaler_policy, settings.scaler,
                             settings.scaler.slo.itl_s)

@@ -39,7 +39,28 @@ def make_actuator(kind: str = "local", **options: Any) -> Actuator:
     raise ValueError(f"unknown actuator kind {kind!r}; expected one of {KINDS}")
 
 
+HOST_ONLY_SETTINGS = ("SLUICE_MODEL", "SLUICE_DATA_DIR", "SLUICE_REDIS_URL", "SLUICE_SCALER_ACTUATOR",
+                      "SLUICE_SCALER_POLICY")
+
+
+def docker_options(settings) -> dict[str, Any]:
+    """The docker actuator's options from Settings (``docker_*``): image, network, the workers' Redis URL and
+    environment, GPUs.  Pure: the unit tests check the mapping without an engine."""
+    from core.settings import settings_env
+
+    redis_url = settings.docker_redis_url or settings.redis_url
+    # This process's settings, less what is a path or address on this host (the image has its own model
+    # and data directory) and what only the scaler reads.
+    environment = {name: value for name, value in settings_env(settings).items()
+                   if name not in HOST_ONLY_SETTINGS and not name.startswith("SLUICE_DOCKER_")}
+    if redis_url:
+        environment["SLUICE_REDIS_URL"] = redis_url
+    return {"image": settings.docker_image, "network": settings.docker_network, "redis_url": redis_url,
+            "environment": environment, "gpu_count": settings.docker_gpus_per_worker or None,
+            "gpu_device_ids": settings.docker_gpu_device_ids}
+
+
 __all__ = [
     "KINDS", "ActuationResult", "Actuator", "InstanceInfo", "choose_to_drain", "clamp_target", "drain_order",
-    "make_actuator", "plan_scale",
+    "docker_options", "make_actuator", "plan_scale",
 ]

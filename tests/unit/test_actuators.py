@@ -322,3 +322,24 @@ def test_kubernetes_actuator_flow_with_fake_apis(heartbeats_redis):
     assert calls[-1] == ("scale", "sluice-worker-mixed", "llm", {"spec": {"replicas": 1}})
     assert ("list", "sluice.pool=mixed") in calls
     actuator.close()
+
+
+def test_docker_options_come_from_settings_without_host_paths():
+    from core.settings import Settings
+    from scaler.actuators import docker_options
+    from scaler.actuators.docker_actuator import DockerConfig, container_spec
+
+    settings = Settings(redis_url="redis://127.0.0.1:6379/0", model="/home/me/model", admission_limit=8,
+                        docker_image="registry/sluice:1.2", docker_network="fleet",
+                        docker_redis_url="redis://redis:6379/0", docker_gpus_per_worker=1,
+                        docker_gpu_device_ids=["0", "1"])
+    options = docker_options(settings)
+    config = DockerConfig(**options)
+    assert (config.image, config.network, config.redis_url) == ("registry/sluice:1.2", "fleet", "redis://redis:6379/0")
+    assert config.environment["SLUICE_REDIS_URL"] == "redis://redis:6379/0"
+    assert config.environment["SLUICE_ADMISSION_LIMIT"] == "8"
+    assert "SLUICE_MODEL" not in config.environment and not any(k.startswith("SLUICE_DOCKER_") for k in config.environment)
+    assert (config.gpu_count, list(config.gpu_device_ids)) == (1, ["0", "1"])
+    assert DockerConfig(**docker_options(Settings(docker_gpus_per_worker=0))).gpu_count is None
+    spec = container_spec("mixed", 0, config, device_id="1")
+    assert spec["image"] == "registry/sluice:1.2" and spec["network"] == "fleet"
