@@ -191,9 +191,11 @@ def run_batch_bench(*, lines: int = 50_000, max_tokens: int = 16, run_s: float =
             "status_p99_ms": {"target": TARGETS["status_p99_ms"], "measured": p99, "met": p99 <= TARGETS["status_p99_ms"]},
         }
     finally:
-        if poller is not None and poller.is_alive():
-            poller.stop()
-        cluster.stop()
+        try:
+            if poller is not None and poller.is_alive():
+                poller.stop()
+        finally:
+            cluster.stop()
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=2))
     return report
