@@ -81,10 +81,15 @@ def check_model(requested: str, served: str) -> None:
 
 def build_request(body: ChatCompletionRequest | CompletionRequest, *, prompt_token_ids: list[int], prompt_text: str,
                   header_slo: str | None, served_model: str, max_model_len: int, default_max_tokens: int,
-                  now: float | None = None, batch_default_deadline_s: float | None = None) -> GenerationRequest:
+                  now: float | None = None, batch_default_deadline_s: float | None = None,
+                  bench_fields: bool = False) -> GenerationRequest:
     now = time.time() if now is None else now
     check_model(body.model, served_model)
     options = body.sluice
+    forced = options.bench_output_tokens if options else None
+    if forced is not None and not bench_fields:
+        raise bad_request("sluice.bench_output_tokens is for benchmarks: this API refuses it (SLUICE_BENCH_FIELDS "
+                          "is off)", param="sluice.bench_output_tokens", code="invalid_value")
     slo = resolve_slo(options.slo if options else None, header_slo)
     deadline = resolve_deadline(options.deadline if options else None, now)
     if deadline is None and slo == "batch" and batch_default_deadline_s:
@@ -105,4 +110,5 @@ def build_request(body: ChatCompletionRequest | CompletionRequest, *, prompt_tok
         enqueued_at=now,
         score=now,
         stream=body.stream,
+        forced_output_tokens=forced,
     )

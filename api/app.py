@@ -95,6 +95,7 @@ class SluiceAPI:
             served_model=self.settings.model_name, max_model_len=self.settings.max_model_len,
             default_max_tokens=self.settings.default_max_tokens,
             batch_default_deadline_s=self.settings.scaler.slo.batch_deadline_s,
+            bench_fields=self.settings.bench_fields,
         )
         true_output_tokens = true_length(body, self.queue_policy)
         if self.predicts_lengths:
@@ -103,7 +104,7 @@ class SluiceAPI:
             self.metrics.predict_seconds.observe(time.perf_counter() - started)
         request.score = self.queue_policy.score(ScoreInput(
             arrival_time=request.enqueued_at, predicted_output_tokens=request.predicted_output_tokens,
-            true_output_tokens=true_output_tokens))
+            true_output_tokens=true_output_tokens, max_output_tokens=request.sampling.max_tokens))
         return request
 
     def on_done(self, request: GenerationRequest, record: dict) -> None:

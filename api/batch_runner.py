@@ -262,7 +262,8 @@ class BatchRunner:
                 request.predicted_output_tokens = predicted
                 request.score = policy.score(ScoreInput(
                     arrival_time=arrival + line.line * LINE_SPACING_S, predicted_output_tokens=predicted,
-                    true_output_tokens=true_length(line.body, policy)))
+                    true_output_tokens=true_length(line.body, policy),
+                    max_output_tokens=request.sampling.max_tokens))
                 requests.append(request)
             return requests
 

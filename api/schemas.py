@@ -13,6 +13,9 @@ class SluiceOptions(BaseModel):
     deadline: float | None = Field(None, description="Unix time, or seconds from now if below 1e9.")
     # Benchmarks only: the true output length, for the oracle policy.
     oracle_output_tokens: int | None = None
+    # Benchmarks only, refused unless the API runs with SLUICE_BENCH_FIELDS: the worker generates exactly
+    # this many tokens (ignoring EOS) while the queue policy sees only max_tokens, as for a real client.
+    bench_output_tokens: int | None = Field(None, ge=1)
 
 
 class ChatMessage(BaseModel):

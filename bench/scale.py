@@ -9,6 +9,7 @@ limit, the queue depth and the offered load, and checks that every request got i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import json
 import time
@@ -24,6 +25,7 @@ from broker.heartbeat import read_heartbeats
 from core import keys
 
 MODEL = "sluice-tiny-llama"
+TTFT_SLO_S = 2.0  # the interactive TTFT SLO (SLOConfig.ttft_s's default; the bench does not change it)
 
 # Constants for a 2-core CPU machine and the tiny model (state them; every one is an env override).
 LIVE_SCALER_ENV = {
@@ -39,7 +41,10 @@ LIVE_SCALER_ENV = {
     "SLUICE_SCALER__MAX_OBSERVATION_AGE_S": "15",
     "SLUICE_SCALER__LOCAL__MIN_ADMISSION_LIMIT": "2",
     "SLUICE_SCALER__LOCAL__INITIAL_ADMISSION_LIMIT": "4",
-    "SLUICE_SCALER__LOCAL__MAX_ADMISSION_LIMIT": "32",
+    # One worker runs at most 8 requests at once here, so the load's peak (about 12 in flight) queues on it
+    # until a second worker is ready: the queue and TTFT build, as they do past a GPU worker's capacity.
+    "SLUICE_SCALER__LOCAL__MAX_ADMISSION_LIMIT": "8",
+    "SLUICE_MAX_ADMISSION_LIMIT": "8",
     "SLUICE_HEARTBEAT_TTL_S": "15",
     # The tiny CPU model decodes in a few ms per token: an ITL target on that scale makes the local
     # autoscaler's latency backpressure bite here as the 100 ms default does on a GPU.
@@ -82,6 +87,53 @@ async def drive_load(base_url: str, schedule, max_tokens: int, results: list, st
         await asyncio.gather(*tasks)
 
 
+def profile_capacity(cluster: BenchCluster, base_url: str, max_tokens: int, progress: bool) -> dict:
+    """`sluice profile` on one worker started for it (stopped after), so Chiron plans with the capacity this
+    machine really has rather than the prior.  Returns the profile, or why there is none."""
+    from core.scaler_config import ScalerConfig, SLOConfig
+    from core.settings import Settings
+    from scaler.capacity_profile import NoStepWithinSLO
+    from scaler.profiler import profile
+
+    worker = cluster.start_worker("profile@bench")
+    settings = Settings(redis_url=cluster.redis_url, scaler=ScalerConfig(
+        slo=SLOConfig(itl_s=float(LIVE_SCALER_ENV["SLUICE_SCALER__SLO__ITL_S"]))))
+    try:
+        result = profile(settings, base_url, concurrencies=[1, 2, 4, 8], step_s=10, max_tokens=max_tokens,
+                         prompt_words=4, echo=(lambda line: click.echo(line, err=True)) if progress else (lambda _: None))
+        return {"tokens_per_s": result.tokens_per_s, "concurrency": result.concurrency,
+                "steps": [dataclasses.asdict(step) for step in result.steps]}
+    except NoStepWithinSLO as exc:
+        return {"tokens_per_s": None, "reason": str(exc)}
+    finally:
+        worker.stop(timeout=60)
+        cluster.processes.remove(worker)
+        cluster.redis.delete(keys.worker_key("profile@bench"))
+        cluster.redis.zrem(keys.WORKERS, "profile@bench")
+
+
+def phase_of(sent_at: float, started: float, ramp_s: float, high_s: float) -> str:
+    """``before`` the load rises (the trickle), ``during`` the ramp and the peak, ``after`` it."""
+    offset = sent_at - started
+    if offset < ramp_s / 4:
+        return "before"
+    return "during" if offset < ramp_s + high_s else "after"
+
+
+def attainment_by_phase(results: list[dict], started: float, ramp_s: float, high_s: float,
+                        ttft_slo_s: float) -> dict:
+    """Per phase: requests, the share answered in full within the TTFT SLO, TTFT p50/p90 (pure)."""
+    out = {}
+    for phase in ("before", "during", "after"):
+        chosen = [r for r in results if phase_of(r["sent"], started, ramp_s, high_s) == phase]
+        ttfts = [r["ttft_s"] for r in chosen if r.get("ttft_s") is not None]
+        met = sum(1 for r in chosen if r["ok"] and r.get("ttft_s") is not None and r["ttft_s"] <= ttft_slo_s)
+        out[phase] = {"requests": len(chosen), "slo_attainment": round(met / len(chosen), 4) if chosen else None,
+                      "ttft_p50_s": round(float(np.percentile(ttfts, 50)), 3) if ttfts else None,
+                      "ttft_p90_s": round(float(np.percentile(ttfts, 90)), 3) if ttfts else None}
+    return out
+
+
 def mixed_pool_target(cluster: BenchCluster) -> int | None:
     """The mixed pool's instance count in the scaler's newest decision (holds included)."""
     for decision in read_decisions(cluster.redis, 50):
@@ -98,13 +150,17 @@ def sample(cluster: BenchCluster) -> dict:
 
 def run_scale_bench(*, low_rps: float = 0.5, high_rps: float = 6.0, ramp_s: float = 40, high_s: float = 60,
                     cool_s: float = 90, max_tokens: int = 120, settle_s: float = 90, json_out: str | None = None,
-                    plot_out: str | None = None, redis_url: str | None = None, progress: bool = True) -> dict:
+                    plot_out: str | None = None, redis_url: str | None = None, progress: bool = True,
+                    profile_first: bool = False) -> dict:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     cluster = BenchCluster(redis_url, extra_env=LIVE_SCALER_ENV)
     timeline: list[dict] = []
     results: list[dict] = []
+    measured = None
     try:
         _api, base_url = cluster.start_api("api")
+        if profile_first:
+            measured = profile_capacity(cluster, base_url, max_tokens, progress)
         scaler = cluster.start("scaler", ["scaler", "run", "--policy", "chiron", "--actuator", "local"])
         cluster.wait(lambda: len(sample(cluster)["workers"]) >= 1, 300, "the first worker", scaler)
         schedule = phases(low_rps, high_rps, ramp_s, high_s, cool_s)
@@ -133,9 +189,13 @@ def run_scale_bench(*, low_rps: float = 0.5, high_rps: float = 6.0, ramp_s: floa
         cluster.stop()
     counts = [len(s["workers"]) for s in timeline]
     limits = sorted({w["admission_limit"] for s in timeline for w in s["workers"].values()})
+    ttft_slo_s = TTFT_SLO_S
     report = {
         "config": {"low_rps": low_rps, "high_rps": high_rps, "ramp_s": ramp_s, "high_s": high_s, "cool_s": cool_s,
-                   "max_tokens": max_tokens, "scaler_env": LIVE_SCALER_ENV},
+                   "max_tokens": max_tokens, "scaler_env": LIVE_SCALER_ENV, "ttft_slo_s": ttft_slo_s},
+        "capacity_profile": measured,
+        "slo_by_phase": attainment_by_phase(results, started, ramp_s, high_s, ttft_slo_s),
+        "max_queued": max((s["queued"] for s in timeline), default=0),
         "requests": len(results), "completed_ok": sum(r["ok"] for r in results),
         "lost_or_failed": [r for r in results if not r["ok"]],
         "max_workers": max(counts, default=0), "final_workers": counts[-1] if counts else 0,
@@ -144,6 +204,8 @@ def run_scale_bench(*, low_rps: float = 0.5, high_rps: float = 6.0, ramp_s: floa
         "admission_limit_changes": sum(1 for d in decisions if d["kind"] == "admission_limit"),
         "timeline": [{"t": s["t"] - timeline[0]["t"], "workers": len(s["workers"]), "queued": s["queued"],
                       "limits": {w: v["admission_limit"] for w, v in s["workers"].items()}} for s in timeline],
+        "ttft": [{"t": r["sent"] - timeline[0]["t"], "ttft_s": r.get("ttft_s")} for r in results
+                 if timeline and r.get("ttft_s") is not None],
     }
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=2, default=str))
@@ -159,16 +221,20 @@ def plot_timeline(report: dict, results: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     t = [s["t"] for s in report["timeline"]]
-    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(9, 10), sharex=True)
     axes[0].step(t, [s["workers"] for s in report["timeline"]], where="post")
     axes[0].set_ylabel("workers (mixed pool)")
     axes[1].plot(t, [s["queued"] for s in report["timeline"]])
     axes[1].set_ylabel("interactive queued")
-    for worker in sorted({w for s in report["timeline"] for w in s["limits"]}):
-        axes[2].step(t, [s["limits"].get(worker, np.nan) for s in report["timeline"]], where="post", label=worker)
-    axes[2].set_ylabel("admission limit")
-    axes[2].set_xlabel("seconds")
+    axes[2].scatter([r["t"] for r in report["ttft"]], [r["ttft_s"] for r in report["ttft"]], s=4)
+    axes[2].axhline(report["config"]["ttft_slo_s"], color="red", linewidth=0.8, label="TTFT SLO")
+    axes[2].set_ylabel("TTFT (s)")
     axes[2].legend(fontsize=7)
+    for worker in sorted({w for s in report["timeline"] for w in s["limits"]}):
+        axes[3].step(t, [s["limits"].get(worker, np.nan) for s in report["timeline"]], where="post", label=worker)
+    axes[3].set_ylabel("admission limit")
+    axes[3].set_xlabel("seconds")
+    axes[3].legend(fontsize=7)
     fig.suptitle("sluice bench scale: live Chiron scaler under a load ramp")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -180,13 +246,21 @@ def plot_timeline(report: dict, results: list[dict], path: str) -> None:
 @click.option("--high-rps", type=float, default=6.0, show_default=True, help="Peak interactive arrival rate.")
 @click.option("--high-s", type=float, default=60.0, show_default=True, help="Seconds at the peak.")
 @click.option("--redis-url", default=None, help="Redis to use (its database is flushed). Default: embedded Valkey.")
-def scale_command(json_out, plot_out, high_rps, high_s, redis_url):
+@click.option("--profile/--no-profile", "profile_first", default=True, show_default=True,
+              help="Measure the worker's capacity with `sluice profile` first (else Chiron plans with the prior).")
+def scale_command(json_out, plot_out, high_rps, high_s, redis_url, profile_first):
     """Ramp real load up and down against `sluice scaler run --policy chiron` with local workers."""
     report = run_scale_bench(high_rps=high_rps, high_s=high_s, json_out=json_out, plot_out=plot_out,
-                             redis_url=redis_url)
+                             redis_url=redis_url, profile_first=profile_first)
+    if report["capacity_profile"] is not None:
+        click.echo(f"capacity profile: {report['capacity_profile']}")
     click.echo(f"\nrequests {report['requests']}, completed with full answers {report['completed_ok']}, "
                f"max workers {report['max_workers']}, final workers {report['final_workers']}, "
                f"admission limits seen {report['admission_limits_seen']}, "
-               f"admission-limit changes {report['admission_limit_changes']}")
+               f"admission-limit changes {report['admission_limit_changes']}, max interactive queued "
+               f"{report['max_queued']}")
+    for phase, figures in report["slo_by_phase"].items():
+        click.echo(f"  {phase:>6}: {figures['requests']} requests, TTFT SLO ({report['config']['ttft_slo_s']} s) met by "
+                   f"{figures['slo_attainment']}, TTFT p50 {figures['ttft_p50_s']} s, p90 {figures['ttft_p90_s']} s")
     for action in report["scale_actions"]:
         click.echo(f"  {action['pool']}: {action['from']} -> {action['to']}: {action['reason']}")

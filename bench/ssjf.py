@@ -2,7 +2,8 @@
 
 For each batching mode one worker is started, and each policy in turn replays the same requests through
 an API configured with that queue policy: validation prompts the proxy never trained on, each with
-Meta-Llama-3-8B-Instruct's real answer length enforced by ``max_tokens`` + ``ignore_eos``, arriving at
+Meta-Llama-3-8B-Instruct's real answer length enforced by the benchmark-only ``sluice.bench_output_tokens``
+(the queue policy sees only ``max_tokens``, here the context's room, as a client that names no cap), arriving at
 the Azure ``conv`` trace's inter-arrival times rescaled so the offered load is ``--load`` x the worker's
 measured capacity. ``--rounds`` repeats the replays in forward then reverse policy order. Beside the live
 numbers the report gives a throughput-normalized view and bench.queue_model's noise-free model of the
@@ -32,10 +33,13 @@ MODEL = "sluice-tiny-llama"
 
 async def _send(http: httpx.AsyncClient, request: BenchRequest) -> dict:
     started = time.time()
+    # The answer's real length is forced through a benchmark-only field the queue policy cannot see
+    # (SLUICE_BENCH_FIELDS); max_tokens is what a client would send: none (the context's room), or its cap.
     response = await http.post("/v1/chat/completions", json={
         "model": MODEL, "messages": [{"role": "user", "content": request.prompt}],
-        "max_tokens": request.true_output_tokens, "ignore_eos": True,
-        "sluice": {"oracle_output_tokens": request.true_output_tokens},
+        **({"max_tokens": request.max_tokens} if request.max_tokens is not None else {}),
+        "sluice": {"oracle_output_tokens": request.true_output_tokens,
+                   "bench_output_tokens": request.true_output_tokens},
     })
     finished = time.time()
     response.raise_for_status()
@@ -181,7 +185,8 @@ def run_ssjf_bench(*, requests: int = 300, modes=("continuous",), admission_limi
             # predictor's CPU cost on this shared machine and only the order differs between them.
             apis = {policy: cluster.start_api(f"api-{mode}-{policy}", SLUICE_QUEUE_POLICY=policy,
                                               SLUICE_SSJF_AGING_TOKENS_PER_S=aging_tokens_per_s,
-                                              SLUICE_PREDICT_LENGTHS="true", SLUICE_PREDICTOR_FEEDBACK="false")[1]
+                                              SLUICE_PREDICT_LENGTHS="true", SLUICE_PREDICTOR_FEEDBACK="false",
+                                              SLUICE_BENCH_FIELDS="true")[1]
                     for policy in POLICIES}
             for base_url in apis.values():
                 asyncio.run(warm_up(base_url))

@@ -18,7 +18,8 @@ class BenchRequest:
     prompt_id: str
     prompt: str
     prompt_tokens: int
-    true_output_tokens: int
+    true_output_tokens: int  # what the answer will be (already within max_tokens)
+    max_tokens: int | None = None  # what the client sends as max_tokens (None: nothing)
 
 
 def validation_requests(count: int, max_model_len: int = 2048, length_model: str = LENGTH_MODEL) -> list[BenchRequest]:
@@ -35,7 +36,10 @@ def validation_requests(count: int, max_model_len: int = 2048, length_model: str
         prompt = pool[index % len(pool)]
         room = max_model_len - 64 - prompt.prompt_tokens  # chat template and tokenizer slack
         true_length = max(1, min(lengths[prompt.prompt_id][length_model], room))
-        requests.append(BenchRequest(prompt.prompt_id, prompt.prompt, prompt.prompt_tokens, true_length))
+        # A client that names no cap of its own gets the context's room, as vLLM gives it: a cap that tells
+        # the queue policy nothing about the answer's length.
+        requests.append(BenchRequest(prompt.prompt_id, prompt.prompt, prompt.prompt_tokens, true_length,
+                                     max_tokens=room))
     return requests
 
 

@@ -34,6 +34,9 @@ class GenerationRequest(BaseModel):
     # Set for a request of a Batch API batch (request id "<batch_id>-<line>"): nobody follows its events,
     # its answer goes to the batch's output file, and the ledger counts it in the batch's counters.
     batch_id: str | None = None
+    # Benchmarks only (sluice.bench_output_tokens): generate exactly this many tokens.  The queue policy
+    # never reads it; it scores by the prediction capped at sampling.max_tokens, the client's cap.
+    forced_output_tokens: int | None = None
 
     @property
     def followed(self) -> bool:

@@ -5,7 +5,8 @@ scheduling policy; ``make_queue_policy`` is the one place a policy's name is rea
 seconds: ``arrival_time + length / aging_rate``.
 
 * ``FCFSPolicy``   (``fcfs``)   — the length is ignored: score = arrival time.
-* ``SSJFPolicy``   (``ssjf``)   — the proxy model's predicted output tokens.
+* ``SSJFPolicy``   (``ssjf``)   — the proxy model's predicted output tokens, capped at the request's
+  ``max_tokens`` (``ScoreInput.max_output_tokens``): no answer is longer.
 * ``OraclePolicy`` (``oracle``) — the true output length the client states (benchmarks only).
 
 Aging is built into the score: request B, arriving ``d`` seconds after A,
@@ -36,6 +37,8 @@ class ScoreInput:
     predicted_output_tokens: float | None = None
     # Benchmarks only: the output length the request will really have (the client states it).
     true_output_tokens: float | None = None
+    # The client's max_tokens: no answer is longer, whatever the prediction says.
+    max_output_tokens: float | None = None
 
 
 class QueuePolicy(ABC):
@@ -91,6 +94,8 @@ class SSJFPolicy(_AgedLengthPolicy):
     def length(self, request: ScoreInput) -> float:
         if request.predicted_output_tokens is None:
             raise ValueError("the ssjf policy scores by predicted length, and the request has no prediction")
+        if request.max_output_tokens is not None:
+            return min(request.predicted_output_tokens, request.max_output_tokens)
         return request.predicted_output_tokens
 
 

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
         default_factory=lambda: list(SLO_CLASSES),
         description="Lanes in priority order: a worker always serves the first non-empty one.",
     )
+    bench_fields: bool = Field(
+        False, description="Accept benchmark-only request fields (sluice.bench_output_tokens). Benchmarks only.")
     queue_policy: QueuePolicyName = Field(
         "ssjf", description="Queue policy (broker/queue_policies.py): ssjf (predicted shortest first), fcfs or oracle.")
     ssjf_aging_tokens_per_s: float = Field(

@@ -262,7 +262,7 @@ def profile_command(url, concurrency_text, step_s, max_tokens, prompt_words, no_
     import dataclasses
     import json
 
-    from sluice.profile import profile
+    from scaler.profiler import profile
 
     settings = build_settings()
     base_url = url or default_api_url()

@@ -18,13 +18,14 @@ VLLM_PRIORITY = {"interactive": 0, "batch": 1}
 
 def sampling_params(request: GenerationRequest) -> SamplingParams:
     options = request.sampling
+    forced = request.forced_output_tokens  # a benchmark's true length (the scorer never saw it)
     return SamplingParams(
-        max_tokens=options.max_tokens,
+        max_tokens=min(options.max_tokens, forced) if forced else options.max_tokens,
         temperature=options.temperature,
         top_p=options.top_p,
         seed=options.seed,
         stop=options.stop or None,
-        ignore_eos=options.ignore_eos,
+        ignore_eos=options.ignore_eos or forced is not None,
         output_kind=RequestOutputKind.DELTA,
     )
 

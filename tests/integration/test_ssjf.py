@@ -31,7 +31,7 @@ def ssjf_api(stack, tmp_path_factory):
     port = free_port()
     api = stack.start("api-ssjf", ["api", "--port", str(port)], SLUICE_QUEUE_POLICY="ssjf",
                       SLUICE_PREDICTOR_REGISTRY=str(registry_root), SLUICE_PREDICTOR_RELOAD_INTERVAL_S="1",
-                      SLUICE_SSJF_AGING_TOKENS_PER_S="1")
+                      SLUICE_SSJF_AGING_TOKENS_PER_S="1", SLUICE_BENCH_FIELDS="true")
     base = f"http://127.0.0.1:{port}"
 
     wait_until(lambda: http_ok(base + "/healthz"), 180, "the SSJF API", interval=0.5, process=api)
@@ -138,3 +138,33 @@ def test_new_predictor_version_is_hot_reloaded(ssjf_api):
     reply = httpx.post(base + "/v1/completions", json={"model": MODEL, "prompt": SHORT_PROMPT, "max_tokens": 2},
                        timeout=60).json()
     assert reply["sluice"]["predicted_output_tokens"] > 0
+
+
+def test_the_score_is_capped_at_max_tokens_and_blind_to_the_bench_length(stack, ssjf_api):
+    base, _ = ssjf_api
+    with httpx.Client(base_url=base, timeout=120) as http:
+        def ask(max_tokens, bench_tokens=None):
+            sluice = {"bench_output_tokens": bench_tokens} if bench_tokens else {}
+            reply = http.post("/v1/completions", json={"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": max_tokens,
+                                                       "sluice": sluice})
+            assert reply.status_code == 200, reply.text
+            return reply.json()
+
+        started = time.time()
+        uncapped, capped = ask(1000), ask(3)
+        forced_short, forced_long = ask(1000, bench_tokens=2), ask(1000, bench_tokens=6)
+        elapsed = time.time() - started
+    predicted = uncapped["sluice"]["predicted_output_tokens"]
+    assert predicted > 3
+    # Aging 1 token/s: score = arrival + min(predicted, max_tokens); arrivals are within `elapsed` of each other.
+    assert uncapped["sluice"]["score"] - capped["sluice"]["score"] == pytest.approx(predicted - 3, abs=elapsed + 1)
+    # The forced length is generated, and the scorer never saw it.
+    assert (forced_short["usage"]["completion_tokens"], forced_long["usage"]["completion_tokens"]) == (2, 6)
+    assert forced_short["sluice"]["predicted_output_tokens"] == forced_long["sluice"]["predicted_output_tokens"]
+    assert abs(forced_long["sluice"]["score"] - forced_short["sluice"]["score"]) <= elapsed + 1
+
+
+def test_the_bench_length_field_is_refused_by_an_api_without_bench_fields(http):
+    reply = http.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 4,
+                                               "sluice": {"bench_output_tokens": 2}})
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "sluice.bench_output_tokens"

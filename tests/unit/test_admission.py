@@ -75,3 +75,27 @@ def test_unknown_slo_names_the_known_ones():
     with pytest.raises(APIError) as error:
         resolve_slo("premium", None)
     assert "interactive" in error.value.message
+
+
+def test_the_bench_length_field_is_refused_unless_benchmarks_are_on_and_never_reaches_the_cap():
+    body = completion(max_tokens=50, sluice={"bench_output_tokens": 7})
+    with pytest.raises(APIError) as refused:
+        build(body)
+    assert refused.value.status == 400 and refused.value.param == "sluice.bench_output_tokens"
+    request = build_request(body, prompt_token_ids=list(range(10)), prompt_text="hi", header_slo=None,
+                            served_model="m", max_model_len=100, default_max_tokens=30, now=NOW, bench_fields=True)
+    # The worker generates 7 tokens; the client's cap, which the queue policy reads, stays 50.
+    assert (request.forced_output_tokens, request.sampling.max_tokens) == (7, 50)
+    assert build(completion(max_tokens=50)).forced_output_tokens is None
+
+
+def test_the_worker_generates_exactly_the_forced_length():
+    from workers.generation import sampling_params
+
+    request = build_request(completion(max_tokens=50, sluice={"bench_output_tokens": 7}), prompt_token_ids=[1, 2],
+                            prompt_text="hi", header_slo=None, served_model="m", max_model_len=100,
+                            default_max_tokens=30, now=NOW, bench_fields=True)
+    params = sampling_params(request)
+    assert (params.max_tokens, params.ignore_eos) == (7, True)
+    plain = sampling_params(build(completion(max_tokens=50)))
+    assert (plain.max_tokens, plain.ignore_eos) == (50, False)

@@ -12,7 +12,7 @@ from core.scaler_config import ScalerConfig
 from scaler.capacity_profile import NoStepWithinSLO, capacity_at_slo, should_stop
 from scaler.policies.chiron import ChironState, measure_capacity
 from scaler.state import ClusterSnapshot
-from sluice.profile import summarize
+from scaler.profiler import summarize
 
 STEPS = [ProfileStep(1, 20, 40.0, 0.030, 0.1), ProfileStep(4, 60, 150.0, 0.060, 0.2),
          ProfileStep(16, 90, 310.0, 0.095, 0.5), ProfileStep(32, 80, 380.0, 0.180, 1.5)]

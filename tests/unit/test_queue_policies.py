@@ -114,3 +114,15 @@ def test_prediction_cap_bounds_the_worst_case():
     policy = SSJFPolicy(aging_tokens_per_s=20, max_predicted_tokens=1000)
     assert policy.overtaking_window_s(entry(0.0, 10**9)) == 50.0
     assert policy.score(entry(0.0, 10**9)) == 50.0
+
+
+def test_ssjf_scores_by_the_prediction_capped_at_max_tokens():
+    """No answer is longer than its max_tokens: a long prediction with a small cap is a short job."""
+    policy = SSJFPolicy(aging_tokens_per_s=20.0)
+    capped = ScoreInput(arrival_time=0.0, predicted_output_tokens=900.0, max_output_tokens=64)
+    uncapped = ScoreInput(arrival_time=0.0, predicted_output_tokens=300.0, max_output_tokens=2048)
+    assert policy.score(capped) == 64 / 20.0 < policy.score(uncapped) == 300 / 20.0
+    assert policy.score(ScoreInput(arrival_time=0.0, predicted_output_tokens=900.0)) == 900 / 20.0
+    # The oracle already knows the true length; FCFS ignores lengths.
+    assert OraclePolicy().score(ScoreInput(0.0, 900.0, true_output_tokens=10, max_output_tokens=64)) == 10 / 20.0
+    assert FCFSPolicy().score(capped) == 0.0

@@ -1,4 +1,5 @@
-"""``sluice profile``: measure a worker's interactive capacity against the running model and store it.
+"""The load-step driver behind `sluice profile` (and `sluice bench scale`): measure a worker's interactive
+capacity against the running model and store it.
 
 Load steps of increasing concurrency (closed loop: each of ``concurrency`` clients sends its next chat
 request as soon as the previous one is answered) run against the API for ``step_s`` each; a step's
