@@ -41,10 +41,7 @@ LIVE_SCALER_ENV = {
     "SLUICE_SCALER__MAX_OBSERVATION_AGE_S": "15",
     "SLUICE_SCALER__LOCAL__MIN_ADMISSION_LIMIT": "2",
     "SLUICE_SCALER__LOCAL__INITIAL_ADMISSION_LIMIT": "4",
-    # One worker runs at most 8 requests at once here, so the load's peak (about 12 in flight) queues on it
-    # until a second worker is ready: the queue and TTFT build, as they do past a GPU worker's capacity.
-    "SLUICE_SCALER__LOCAL__MAX_ADMISSION_LIMIT": "8",
-    "SLUICE_MAX_ADMISSION_LIMIT": "8",
+    "SLUICE_SCALER__LOCAL__MAX_ADMISSION_LIMIT": "32",
     "SLUICE_HEARTBEAT_TTL_S": "15",
     # The tiny CPU model decodes in a few ms per token: an ITL target on that scale makes the local
     # autoscaler's latency backpressure bite here as the 100 ms default does on a GPU.
@@ -151,9 +148,16 @@ def sample(cluster: BenchCluster) -> dict:
 def run_scale_bench(*, low_rps: float = 0.5, high_rps: float = 6.0, ramp_s: float = 40, high_s: float = 60,
                     cool_s: float = 90, max_tokens: int = 120, settle_s: float = 90, json_out: str | None = None,
                     plot_out: str | None = None, redis_url: str | None = None, progress: bool = True,
-                    profile_first: bool = False) -> dict:
+                    profile_first: bool = False, max_admission_limit: int | None = None) -> dict:
+    """``max_admission_limit``: the most requests one worker runs at once (default: the local autoscaler's
+    32).  At 8, the load's peak (about 12 in flight) queues on one worker until a second is ready: the
+    queue and TTFT build, as they do past a GPU worker's capacity."""
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    cluster = BenchCluster(redis_url, extra_env=LIVE_SCALER_ENV)
+    env = dict(LIVE_SCALER_ENV)
+    if max_admission_limit is not None:
+        env.update(SLUICE_SCALER__LOCAL__MAX_ADMISSION_LIMIT=str(max_admission_limit),
+                   SLUICE_MAX_ADMISSION_LIMIT=str(max_admission_limit))
+    cluster = BenchCluster(redis_url, extra_env=env)
     timeline: list[dict] = []
     results: list[dict] = []
     measured = None
@@ -192,7 +196,7 @@ def run_scale_bench(*, low_rps: float = 0.5, high_rps: float = 6.0, ramp_s: floa
     ttft_slo_s = TTFT_SLO_S
     report = {
         "config": {"low_rps": low_rps, "high_rps": high_rps, "ramp_s": ramp_s, "high_s": high_s, "cool_s": cool_s,
-                   "max_tokens": max_tokens, "scaler_env": LIVE_SCALER_ENV, "ttft_slo_s": ttft_slo_s},
+                   "max_tokens": max_tokens, "scaler_env": env, "ttft_slo_s": ttft_slo_s},
         "capacity_profile": measured,
         "slo_by_phase": attainment_by_phase(results, started, ramp_s, high_s, ttft_slo_s),
         "max_queued": max((s["queued"] for s in timeline), default=0),
@@ -248,10 +252,13 @@ def plot_timeline(report: dict, results: list[dict], path: str) -> None:
 @click.option("--redis-url", default=None, help="Redis to use (its database is flushed). Default: embedded Valkey.")
 @click.option("--profile/--no-profile", "profile_first", default=True, show_default=True,
               help="Measure the worker's capacity with `sluice profile` first (else Chiron plans with the prior).")
-def scale_command(json_out, plot_out, high_rps, high_s, redis_url, profile_first):
+@click.option("--max-admission-limit", type=int, default=8, show_default=True,
+              help="Most requests one worker runs at once: 8 makes the peak queue on one worker.")
+def scale_command(json_out, plot_out, high_rps, high_s, redis_url, profile_first, max_admission_limit):
     """Ramp real load up and down against `sluice scaler run --policy chiron` with local workers."""
     report = run_scale_bench(high_rps=high_rps, high_s=high_s, json_out=json_out, plot_out=plot_out,
-                             redis_url=redis_url, profile_first=profile_first)
+                             redis_url=redis_url, profile_first=profile_first,
+                             max_admission_limit=max_admission_limit)
     if report["capacity_profile"] is not None:
         click.echo(f"capacity profile: {report['capacity_profile']}")
     click.echo(f"\nrequests {report['requests']}, completed with full answers {report['completed_ok']}, "
