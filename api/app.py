@@ -155,7 +155,8 @@ def create_api(settings: Settings) -> FastAPI:
         await sluice.aioredis.aclose()
 
     app = FastAPI(title="Sluice", version="0.1.0", lifespan=lifespan)
-    app.include_router(files_router(settings, lambda: state["sluice"].files))
+    app.include_router(files_router(settings, lambda: state["sluice"].files,
+                                    lambda file_id: state["sluice"].batches.open_batch_reading(file_id)))
     app.include_router(batches_router(lambda: state["sluice"].batches, lambda: state["sluice"].files,
                                       lambda: state["batch_runner"].wake()))
 

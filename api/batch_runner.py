@@ -242,7 +242,8 @@ class BatchRunner:
         picked = [lines[i * len(lines) // sample] for i in range(sample)]
         model = self.settings.model_name
         predictions = await asyncio.gather(*(self.sluice.predictor.predict(line.prompt_text, model) for line in picked))
-        return sum(predictions) / len(predictions)
+        # A tenth of a token is finer than any prediction is good for, and every queued message carries it.
+        return round(sum(predictions) / len(predictions), 1)
 
     async def _enqueue(self, record: BatchRecord, lines: list[BatchLine]) -> None:
         started = time.perf_counter()

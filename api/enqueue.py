@@ -19,10 +19,9 @@ from core.names import TASK_NAME
 
 
 def describe(request: GenerationRequest) -> str:
-    """A request as Flower lists its task: what an operator looks for, not the payload."""
-    batch = f" batch={request.batch_id}" if request.batch_id else ""
-    return (f"{request.slo} {request.kind} prompt_tokens={request.prompt_tokens} "
-            f"max_tokens={request.sampling.max_tokens}{batch}")
+    """A request as Flower lists its task: what an operator looks for, not the payload (a batch request's
+    batch is in its task id, ``<batch id>-<line>``)."""
+    return f"{request.slo} {request.kind} prompt_tokens={request.prompt_tokens} max_tokens={request.sampling.max_tokens}"
 
 
 # What send_task gives a message to a durable queue (kombu's delivery_mode for persistent messages).

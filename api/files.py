@@ -8,7 +8,7 @@ lines as it goes; a file over ``batch_file_max_bytes`` gets 413 and one over ``b
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -48,8 +48,10 @@ def too_large(limit: int) -> APIError:
                     param="file", code="file_too_large")
 
 
-def files_router(settings: Settings, files: Callable[[], Files]) -> APIRouter:
-    """The routes; ``files`` returns the running API's ``Files`` (built at start-up)."""
+def files_router(settings: Settings, files: Callable[[], Files],
+                 used_by: Callable[[str], Awaitable[str | None]] | None = None) -> APIRouter:
+    """The routes; ``files`` returns the running API's ``Files`` (built at start-up); ``used_by(file_id)`` the
+    open batch that reads the file, if one does (its output is written from it, so it cannot go yet)."""
     router = APIRouter()
     limits = UploadLimits(settings.batch_file_max_bytes, settings.batch_file_max_lines)
     body_limit = limits.max_bytes + BODY_OVERHEAD_BYTES
@@ -153,6 +155,10 @@ def files_router(settings: Settings, files: Callable[[], Files]) -> APIRouter:
 
     @router.delete("/v1/files/{file_id}")
     async def delete_file(file_id: str):
+        batch_id = await used_by(file_id) if used_by is not None else None
+        if batch_id is not None:
+            raise APIError(409, f"the file is the input of batch {batch_id}, which has not ended; delete it once the "
+                           "batch has (or cancel the batch)", param="file_id", code="file_in_use")
         if not await files().delete(file_id):
             raise no_such_file(file_id)
         return {"id": file_id, "object": "file", "deleted": True}

@@ -269,6 +269,13 @@ class BatchStore:
         """Batches not ended yet, earliest deadline first: the batch runner's work list."""
         return [_text(i) for i in await self.client.zrange(keys.BATCHES_OPEN, 0, -1)]
 
+    async def open_batch_reading(self, file_id: str) -> str | None:
+        """The id of a batch not yet ended whose input file is ``file_id`` (the open batches are few)."""
+        for batch_id in await self.open_ids():
+            if _text(await self.client.hget(keys.batch_key(batch_id), "input_file_id") or b"") == file_id:
+                return batch_id
+        return None
+
     async def page(self, *, limit: int = LIST_LIMIT_DEFAULT, after: str | None = None) -> BatchPage:
         """Newest first, as OpenAI lists batches.  ``broker.paging.UnknownCursor`` for an unknown ``after``."""
         ids, has_more = await self._pager.ids(keys.BATCHES, limit=limit, after=after, order="desc")

@@ -161,6 +161,9 @@ def test_cancel_empties_the_lane_at_once_and_ends_running_requests_within_second
                                         completion_window="1h")
         wait_until(lambda: int(counts(stack.redis, created.id).get("running", 0)) >= 1
                    and batch_members(stack.redis, created.id) > 0, 120, "requests running and queued")
+        input_file = created.input_file_id
+        with pytest.raises(openai.ConflictError):  # the batch's output is written from it
+            client.files.delete(input_file)
         cancelled = client.batches.cancel(created.id)
         cancel_returned = time.monotonic()
         assert cancelled.status in ("cancelling", "cancelled") and cancelled.cancelling_at
@@ -179,6 +182,7 @@ def test_cancel_empties_the_lane_at_once_and_ends_running_requests_within_second
     assert errors and all(line["error"]["code"] == "batch_cancelled" for line in errors)
     assert batch.request_counts.completed == len(output) < len(lines)
     assert emptied_s < 5
+    assert client.files.delete(input_file).deleted  # the batch ended: its input may go
     wait_for_idle(stack, timeout=60)
 
 
