@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENQUEUE_CHUNK = 2_000  # requests built and published at a time (between checks that the batch is still open)
+MAX_RETRY_PAUSE_S = 60.0
 READ_CHUNK = 1_000  # request states read in one pipeline when the output files are written
 # Within one batch all lines get the same predicted length; this spacing of their arrival times keeps
 # them in file order in the lane (a score's resolution near 1.7e9 s is ~2e-7 s).
@@ -113,6 +114,9 @@ class BatchRunner:
         self._release = sluice.aioredis.register_script(_RELEASE)
         self._renew = sluice.aioredis.register_script(_RENEW)
         self._working: dict[str, asyncio.Task] = {}
+        # A step that failed is tried again after a pause that doubles with each failure (up to a minute):
+        # batch id -> (failures in a row, monotonic time before which it is left alone).
+        self._failures: dict[str, tuple[int, float]] = {}
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -132,7 +136,7 @@ class BatchRunner:
 
     async def tick(self, now: float) -> None:
         for batch_id in await self.store.open_ids():
-            if batch_id in self._working:
+            if batch_id in self._working or self._failures.get(batch_id, (0, 0.0))[1] > time.monotonic():
                 continue
             found = await self.store.get(batch_id)
             if found is None:
@@ -160,12 +164,17 @@ class BatchRunner:
         try:
             await getattr(self, step.value)(batch_id)
             done = True
+            self._failures.pop(batch_id, None)
         except TransitionRefused as exc:
             log.info("batch %s: %s stopped: %s", batch_id, step.value, exc)  # e.g. cancelled meanwhile
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("batch %s: %s failed; the next look tries again", batch_id, step.value)
+            failures = self._failures.get(batch_id, (0, 0.0))[0] + 1
+            pause = min(MAX_RETRY_PAUSE_S, 2.0 ** failures)
+            self._failures[batch_id] = (failures, time.monotonic() + pause)
+            log.exception("batch %s: %s failed (%d in a row); trying again in %.0f s", batch_id, step.value,
+                          failures, pause)
         finally:
             renewer.cancel()
             self._working.pop(batch_id, None)
