@@ -194,19 +194,10 @@ class ClusterSimulation:
         """
         if queue.size == 0:
             return queue, queue, queue
-        # Slots an instance could fill this quantum: free admission slots, capped by how many of the
-        # smallest waiting requests its KV and prefill budget could take (so requests are not handed
-        # to an instance that must turn them away while another has room).
-        head = queue[: int(free.sum())]
-        if head.size == 0:
-            return queue[:0], queue[:0], queue
-        fit_kv = np.floor(kv_free / self.kv_need[head].min())
-        fit_prefill = np.where(prefill_left > 0, np.ceil(prefill_left / max(self.prefill_s[head].min(), 1e-9)), 0)
-        room = np.minimum(free, np.minimum(fit_kv, fit_prefill)).astype(int)
-        owners = np.flatnonzero(room > 0)
+        owners = np.flatnonzero(free > 0)
         if owners.size == 0:
             return queue[:0], queue[:0], queue
-        counts = room[owners]
+        counts = free[owners]
         k = min(queue.size, int(counts.sum()))
         if k <= SMALL_ASSIGN:
             return self._assign_few(queue, k, owners, counts, load, kv_free, prefill_left)
