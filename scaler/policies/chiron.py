@@ -198,11 +198,19 @@ def required_instances(
 
 
 def queue_safety_net(
-    snapshot: ClusterSnapshot, state: ChironState, requirement: Requirement, config: ScalerConfig
+    snapshot: ClusterSnapshot,
+    state: ChironState,
+    requirement: Requirement,
+    config: ScalerConfig,
+    capacity: Capacity | None = None,
 ) -> Step[int | None]:
     """Serving instances for the backlog when the interactive queue waited past a share of TTFT, else None.
 
     A queue that old means demand or capacity was underestimated; fires at most once per cooldown.
+    The backlog gets the instances that drain it within one cold start (queued requests x tokens per
+    request / (capacity x cold start)), at least one: instances added now only serve after a cold start,
+    and sizing them for the backlog at once (queued / admission limit) added tens of instances for a
+    25-s queue on the ServeGen day, which then idled through the scale-in stabilization.
     """
     cfg = config.chiron
     now = snapshot.now
@@ -219,9 +227,16 @@ def queue_safety_net(
             f"(cooldown {cfg.queue_scale_out_cooldown_s:.0f} s)"
         )
         return Step("queue_safety_net", None, reason)
-    serving = snapshot.workers_in("interactive", "mixed")
-    mean_limit = sum(w.admission_limit for w in serving) / max(1, len(serving))
-    target = max(requirement.instances, serving_provisioned(snapshot) + max(1, math.ceil(queued / max(mean_limit, 1.0))))
+    per_instance = capacity.used if capacity is not None else cfg.interactive_capacity_tokens_per_s_prior
+    tokens_per_request = lane.arrival_tokens_per_s / lane.arrival_rate_per_s if lane and lane.arrival_rate_per_s > 0 else 0.0
+    if tokens_per_request > 0:
+        backlog = queued * tokens_per_request
+        extra = max(1, math.ceil(backlog / (per_instance * max(cfg.cold_start_s, cfg.period_s))))
+    else:  # no arrival measurement: one admission limit's worth of backlog per instance
+        serving = snapshot.workers_in("interactive", "mixed")
+        mean_limit = sum(w.admission_limit for w in serving) / max(1, len(serving))
+        extra = max(1, math.ceil(queued / max(mean_limit, 1.0)))
+    target = max(requirement.instances, serving_provisioned(snapshot) + extra)
     return Step("queue_safety_net", target, f"interactive queue waited {wait:.1f} s > {threshold}: scale out")
 
 
@@ -456,7 +471,7 @@ class ChironPolicy:
             return hold(snapshot, pool, "no ready serving worker yet: hold", explained(inputs, steps)), state
         others = provisioned - snapshot.pool(pool).provisioned  # serving instances in the pool chiron does not scale
 
-        safety_net = queue_safety_net(snapshot, state, required.value, config)
+        safety_net = queue_safety_net(snapshot, state, required.value, config, capacity.value)
         steps.append(safety_net)
         if safety_net.value is not None:
             state = replace(state, last_queue_scale_out=snapshot.now)

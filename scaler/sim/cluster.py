@@ -7,12 +7,21 @@ at the step time of its current batch. Per-request progress is fractional, so th
 limits when admissions happen, not how fast tokens come. Everything per request is a numpy array;
 the per-instance loop runs only once per control period (local autoscaler) and global period.
 
+Hot path (profiled with cProfile on the ServeGen day, see docs/scaler.md): all sequences of an
+instance advance by the same decode steps, so decode state is per instance, a step clock, and a request
+only stores the clock at which it started and the one at which it finishes; KV read, batch sizes and
+token counts are per-instance sums updated on admission and removal (``_admit`` / ``_remove``), not
+recomputed over every running request each quantum. The batch queue stays in EDF order by merging
+(no re-sort), and a handful of admissions runs as a Python heap (``_assign_few``) instead of two
+dozen numpy calls on tiny arrays.
+
 The scaling code is the real one: ``scaler.local_autoscaler.next_admission_limit`` per instance every
 control period and ``get_policy(name).decide`` on a :class:`ClusterSnapshot` every policy period.
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,18 +29,12 @@ import numpy as np
 from core.scaler_config import ScalerConfig
 from scaler.decision import ScaleDecision
 from scaler.local_autoscaler import LocalObservation, LocalState, next_admission_limit
-from scaler.policies import get_policy
+from scaler.policies import Policy, get_policy
 from scaler.sim.latency import EngineModel
 from scaler.sim.workload import Requests
 from scaler.state import ClusterSnapshot, DeadlineGroup, LaneObservation, PoolObservation, WorkerObservation
 
-def _group_cumsum(values: np.ndarray, group_start: np.ndarray, inclusive: bool = True) -> np.ndarray:
-    """Running sum within runs of equal keys; ``group_start[j]`` is the index where j's run begins."""
-    cum = np.cumsum(values)
-    before_group = cum[group_start] - values[group_start]
-    out = cum - before_group
-    return out if inclusive else out - values
-
+SMALL_ASSIGN = 24  # up to this many requests, _assign runs a Python heap instead of numpy
 
 POOL_CODE = {"interactive": 0, "batch": 1, "mixed": 2}
 POOL_NAME = {v: k for k, v in POOL_CODE.items()}
@@ -74,7 +77,7 @@ class SimResult:
 class ClusterSimulation:
     def __init__(
         self,
-        policy: str,
+        policy: str | Policy,
         config: ScalerConfig,
         engine: EngineModel,
         interactive: Requests,
@@ -82,8 +85,8 @@ class ClusterSimulation:
         horizon_s: float,
         settings: SimSettings | None = None,
     ):
-        self.policy_name = policy
-        self.policy = get_policy(policy)
+        self.policy = get_policy(policy) if isinstance(policy, str) else policy
+        self.policy_name = self.policy.name
         self.policy_state = self.policy.initial_state()
         self.config = config
         self.engine = engine
@@ -98,11 +101,14 @@ class ClusterSimulation:
         self.job = cat(interactive.job, batch.job)
         n = self.arrival.size
         self.is_batch = np.arange(n) >= self.n_interactive
-        self.done = np.zeros(n)  # decode steps completed after the first token
+        self.done = np.zeros(n)  # decode steps completed after the first token (updated when a request stops)
+        self.start_clock = np.zeros(n)  # its instance's step clock minus its progress, at admission
+        self.finish_clock = np.zeros(n)  # the instance step clock at which it finishes
         self.first_token = np.full(n, np.nan)
         self.finish = np.full(n, np.nan)
         self.inst = np.full(n, -1)
         self.prefill_tokens = self.ctx.copy()  # grows when a preempted request must recompute
+        self.prefill_s = engine.prefill_compute_s(self.prefill_tokens)  # kept in step with prefill_tokens
         self.kv_need = self.ctx + self.gen  # reserved whole at admission, so KV never overflows
         self.n_jobs = int(batch.job.max()) + 1 if batch.job.size else 0
         self.unfinished_per_job = np.bincount(batch.job, minlength=self.n_jobs).astype(float) if self.n_jobs else np.zeros(0)
@@ -111,7 +117,9 @@ class ClusterSimulation:
             self.job_deadline[batch.job] = batch.deadline_s
         self.job_arrived = np.zeros(self.n_jobs, dtype=bool)
         self.iq = np.zeros(0, dtype=int)
-        self.bq = np.zeros(0, dtype=int)
+        self.bq = np.zeros(0, dtype=int)  # batch queue, kept in EDF order (deadline, then id): see batch_rank
+        self.batch_rank = np.zeros(n, dtype=np.int64)
+        self.batch_rank[np.lexsort((np.arange(n), self.deadline))] = np.arange(n)
         self.run_ids = np.zeros(0, dtype=int)
         self.next_interactive = 0
         self.next_batch = self.n_interactive
@@ -129,6 +137,12 @@ class ClusterSimulation:
         self.acc_steps = np.zeros(0)
         self.acc_tokens = np.zeros(0)
         self.acc_interactive = np.zeros(0, dtype=bool)
+        self.clock = np.zeros(0)  # decode steps done since launch: all running sequences share them
+        self.kv_used = np.zeros(0)
+        self.ctx_sum = np.zeros(0)
+        self.start_sum = np.zeros(0)
+        self.n_run = np.zeros(0, dtype=int)
+        self.n_run_batch = np.zeros(0, dtype=int)
         self.global_batch_tokens = np.zeros(0)  # batch tokens since the last global period
         self.global_interactive_tokens = np.zeros(0)  # interactive prompt + output tokens, same period
         self.decisions: list[ScaleDecision] = []
@@ -151,7 +165,13 @@ class ClusterSimulation:
         for name in ("acc_busy", "acc_steps", "acc_tokens", "global_batch_tokens", "global_interactive_tokens"):
             setattr(self, name, grow(getattr(self, name), 0.0))
         self.acc_interactive = grow(self.acc_interactive, False)
+        # Per-instance sums over its running requests, kept up to date by _admit / _remove.
+        for name in ("clock", "kv_used", "ctx_sum", "start_sum"):
+            setattr(self, name, grow(getattr(self, name), 0.0))
+        self.n_run = grow(self.n_run, 0)
+        self.n_run_batch = grow(self.n_run_batch, 0)
         self.local.extend(LocalState.initial(self.config.local) for _ in range(count))
+        self._next_ready = min(getattr(self, "_next_ready", np.inf), ready_at)
 
     def _retire(self, pool: str, count: int, now: float, running: np.ndarray) -> None:
         code = POOL_CODE[pool]
@@ -172,33 +192,76 @@ class ClusterSimulation:
         An instance takes a request only if its KV reservation fits and the prefill already taken
         this quantum is below ``prefill_left`` (so the first one always goes in).
         """
-        total = int(free.sum())
-        k = min(queue.size, total)
-        if k == 0:
-            return queue[:0], queue[:0], queue
+        if queue.size == 0:
+            return queue, queue, queue
         owners = np.flatnonzero(free > 0)
+        if owners.size == 0:
+            return queue[:0], queue[:0], queue
         counts = free[owners]
-        slots = np.repeat(owners, counts)
-        rank = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-        slots = slots[np.lexsort((slots, load[slots] + rank))][:k]
+        k = min(queue.size, int(counts.sum()))
+        if k <= SMALL_ASSIGN:
+            return self._assign_few(queue, k, owners, counts, load, kv_free, prefill_left)
+        if owners.size == 1:
+            slots = np.full(k, owners[0])
+        else:
+            counts = np.minimum(counts, k)  # the k least-loaded slots never use more than k of one instance
+            ends = np.cumsum(counts)
+            slots = np.repeat(owners, counts)
+            # A slot's level is its instance's load plus its rank among that instance's slots; ties go
+            # to the lower instance index.
+            level = np.repeat(load[owners] - (ends - counts), counts) + np.arange(int(ends[-1]))
+            slots = slots[np.argsort(level * free.size + slots, kind="stable")[:k]]
         cand = queue[:k]
-        need = self.kv_need[cand]
         order = np.argsort(slots, kind="stable")
-        s_sorted, n_sorted = slots[order], need[order]
+        s_sorted, c_sorted = slots[order], cand[order]
         first = np.searchsorted(s_sorted, s_sorted, side="left")
+        kv = np.cumsum(self.kv_need[c_sorted])
+        kv_in_group = kv - (kv[first] - self.kv_need[c_sorted[first]])
+        pf_each = self.prefill_s[c_sorted]
+        pf = np.cumsum(pf_each)
+        pf_before = pf - pf[first] + pf_each[first] - pf_each  # exclusive: prefill taken before this one
         ok = np.empty(k, dtype=bool)
-        ok[order] = (_group_cumsum(n_sorted, first) <= kv_free[s_sorted]) & (
-            _group_cumsum(self._prefill_cost(cand[order]), first, inclusive=False) < prefill_left[s_sorted]
-        )
+        ok[order] = (kv_in_group <= kv_free[s_sorted]) & (pf_before < prefill_left[s_sorted])
+        if ok.all():
+            return cand, slots, queue[k:]
         return cand[ok], slots[ok], np.concatenate([cand[~ok], queue[k:]])
 
-    def _prefill_cost(self, ids: np.ndarray) -> np.ndarray:
-        return self.engine.prefill_compute_s(self.prefill_tokens[ids])
+    def _assign_few(self, queue, k, owners, free, load, kv_free, prefill_left):
+        """``_assign`` for a few requests, in plain Python: a heap of (load, instance) slots beats
+        two dozen numpy calls on tiny arrays. Same result: slot j goes to the j-th request; a request
+        that does not fit stays queued but still counts against its instance for the ones after it."""
+        heap = [(int(load[i]), int(i)) for i in owners]
+        heapq.heapify(heap)
+        left = dict(zip(owners.tolist(), free.tolist()))
+        cand = queue[:k].tolist()
+        kv_need, prefill_s = self.kv_need, self.prefill_s
+        kv_sum: dict[int, float] = {}
+        pf_sum: dict[int, float] = {}
+        taken, slots, rest = [], [], []
+        for r in cand:
+            level, i = heapq.heappop(heap)
+            left[i] -= 1
+            if left[i] > 0:
+                heapq.heappush(heap, (level + 1, i))
+            kv = kv_sum.get(i, 0.0) + kv_need[r]
+            before = pf_sum.get(i, 0.0)
+            kv_sum[i], pf_sum[i] = kv, before + prefill_s[r]
+            if kv <= kv_free[i] and before < prefill_left[i]:
+                taken.append(r)
+                slots.append(i)
+            else:
+                rest.append(r)
+        ids = np.array(taken, dtype=queue.dtype)
+        if rest:
+            return ids, np.array(slots, dtype=int), np.concatenate([np.array(rest, dtype=queue.dtype), queue[k:]])
+        return ids, np.array(slots, dtype=int), queue[k:]
 
     def _requeue_batch(self, ids: np.ndarray) -> None:
+        """Merge ``ids`` into the batch queue, keeping EDF order without re-sorting the whole queue."""
         if ids.size:
-            merged = np.concatenate([self.bq, ids])
-            self.bq = merged[np.lexsort((merged, self.deadline[merged]))]
+            ids = ids[np.argsort(self.batch_rank[ids], kind="stable")]
+            at = np.searchsorted(self.batch_rank[self.bq], self.batch_rank[ids])
+            self.bq = np.insert(self.bq, at, ids)
 
     # ---------------------------------------------------------------------- loop
     def run(self, progress=None) -> SimResult:
@@ -214,7 +277,10 @@ class ClusterSimulation:
         for q in range(n_quanta):
             t = q * dt
             self._arrive(t)
-            self.status[(self.status == STARTING) & (self.ready_at <= t)] = READY
+            if t >= self._next_ready:
+                self.status[(self.status == STARTING) & (self.ready_at <= t)] = READY
+                starting = self.status == STARTING
+                self._next_ready = float(self.ready_at[starting].min()) if starting.any() else np.inf
             self._quantum(t, dt)
             if (q + 1) % control_every == 0:
                 self._local_control(control_every * dt)
@@ -270,57 +336,46 @@ class ClusterSimulation:
 
     def _quantum(self, t: float, dt: float) -> None:
         n_inst = self.pool.size
-        run = self.run_ids
-        inst_of = self.inst[run]
-        running = np.bincount(inst_of, minlength=n_inst)
-        running_batch = np.bincount(inst_of, weights=self.is_batch[run], minlength=n_inst)
-        kv_used = np.bincount(inst_of, weights=self.kv_need[run], minlength=n_inst)
         ready = self.status == READY
         serving = ready & (self.pool != POOL_CODE["batch"])
 
         # Interactive first; a mixed instance preempts its batch sequences for waiting interactive ones.
         prefill_left = self.settings.prefill_share * dt - self.debt
-        free = np.where(serving, np.maximum(self.limit - running, 0), 0)
-        adm_i, inst_i, self.iq = self._assign(self.iq, free, running, self.kv_capacity - kv_used, prefill_left)
-        prefill_left = prefill_left - np.bincount(inst_i, weights=self._prefill_cost(adm_i), minlength=n_inst)
-        running_i = running + np.bincount(inst_i, minlength=n_inst)
-        kv_i = kv_used + np.bincount(inst_i, weights=self.kv_need[adm_i], minlength=n_inst)
+        adm_i = inst_i = np.zeros(0, dtype=int)
         if self.iq.size:
-            victims = self._preempt_for_interactive(run, ready, running_batch, self.iq.size)
+            free = np.where(serving, np.maximum(self.limit - self.n_run, 0), 0)
+            adm_i, inst_i, self.iq = self._assign(self.iq, free, self.n_run, self.kv_capacity - self.kv_used, prefill_left)
+            self._admit(adm_i, inst_i)
+            prefill_left = prefill_left - np.bincount(inst_i, weights=self.prefill_s[adm_i], minlength=n_inst)
+        if self.iq.size:
+            victims = self._preempt_for_interactive(ready, self.iq.size)
             if victims.size:
-                keep = ~np.isin(run, victims)
-                run, inst_of = run[keep], inst_of[keep]
-                vi = self.inst[victims]
-                running_i -= np.bincount(vi, minlength=n_inst)
-                running_batch -= np.bincount(vi, minlength=n_inst)
-                kv_i -= np.bincount(vi, weights=self.kv_need[victims], minlength=n_inst)
+                self._remove(victims, self.inst[victims])
                 self.inst[victims] = -1
+                self.run_ids = self.run_ids[self.inst[self.run_ids] >= 0]
                 self._requeue_batch(victims)
-                free = np.where(serving, np.maximum(self.limit - running_i, 0), 0)
-                more, more_inst, self.iq = self._assign(self.iq, free, running_i, self.kv_capacity - kv_i, prefill_left)
-                prefill_left = prefill_left - np.bincount(more_inst, weights=self._prefill_cost(more), minlength=n_inst)
+                free = np.where(serving, np.maximum(self.limit - self.n_run, 0), 0)
+                more, more_inst, self.iq = self._assign(self.iq, free, self.n_run, self.kv_capacity - self.kv_used, prefill_left)
+                self._admit(more, more_inst)
+                prefill_left = prefill_left - np.bincount(more_inst, weights=self.prefill_s[more], minlength=n_inst)
                 adm_i, inst_i = np.concatenate([adm_i, more]), np.concatenate([inst_i, more_inst])
-                running_i += np.bincount(more_inst, minlength=n_inst)
-                kv_i += np.bincount(more_inst, weights=self.kv_need[more], minlength=n_inst)
 
         # Batch: batch pool always, mixed pool only while no interactive request waits.
-        takes_batch = ready & ((self.pool == POOL_CODE["batch"]) | ((self.pool == POOL_CODE["mixed"]) & (self.iq.size == 0)))
-        free = np.where(takes_batch, np.maximum(self.limit - running_i, 0), 0)
-        lend_cap = self.settings.mixed_batch_prefill_share * dt - self.debt
-        batch_prefill_left = np.where(self.pool == POOL_CODE["mixed"], np.minimum(prefill_left, lend_cap), prefill_left)
-        adm_b, inst_b, self.bq = self._assign(self.bq, free, running_i, self.kv_capacity - kv_i, batch_prefill_left)
-
-        admitted = np.concatenate([adm_i, adm_b])
-        admitted_inst = np.concatenate([inst_i, inst_b])
-        self.inst[admitted] = admitted_inst
-        run = np.concatenate([run, admitted])
-        inst_of = np.concatenate([inst_of, admitted_inst])
+        adm_b = inst_b = np.zeros(0, dtype=int)
+        if self.bq.size:
+            takes_batch = ready & ((self.pool == POOL_CODE["batch"]) | ((self.pool == POOL_CODE["mixed"]) & (self.iq.size == 0)))
+            free = np.where(takes_batch, np.maximum(self.limit - self.n_run, 0), 0)
+            lend_cap = self.settings.mixed_batch_prefill_share * dt - self.debt
+            batch_prefill_left = np.where(self.pool == POOL_CODE["mixed"], np.minimum(prefill_left, lend_cap), prefill_left)
+            adm_b, inst_b, self.bq = self._assign(self.bq, free, self.n_run, self.kv_capacity - self.kv_used, batch_prefill_left)
+            self._admit(adm_b, inst_b)
 
         # Time: prefill first (overflow becomes debt), then decode for what is left of the quantum.
-        prefill = np.bincount(
-            admitted_inst, weights=self.engine.prefill_compute_s(self.prefill_tokens[admitted]), minlength=n_inst
-        ).astype(float)
-        prefill += np.where(np.bincount(admitted_inst, minlength=n_inst) > 0, self.engine.overhead_s, 0.0)
+        admitted = np.concatenate([adm_i, adm_b]) if adm_b.size else adm_i
+        admitted_inst = np.concatenate([inst_i, inst_b]) if adm_b.size else inst_i
+        admitted_count = np.bincount(admitted_inst, minlength=n_inst)
+        prefill = np.bincount(admitted_inst, weights=self.prefill_s[admitted], minlength=n_inst).astype(float)
+        prefill += np.where(admitted_count > 0, self.engine.overhead_s, 0.0)
         budget = dt - self.debt
         decode_time = np.clip(budget - prefill, 0.0, None)
         first_at = t + self.debt + prefill
@@ -328,47 +383,75 @@ class ClusterSimulation:
         fresh = admitted[np.isnan(self.first_token[admitted])]
         self.first_token[fresh] = first_at[self.inst[fresh]]
 
-        batch_size = np.bincount(inst_of, minlength=n_inst)
-        kv_read = np.bincount(inst_of, weights=self.ctx[run] + self.done[run], minlength=n_inst)
+        # Every sequence of an instance advances by the same steps, so decode state is per instance:
+        # a request's progress is clock - start, its KV read sums to ctx_sum + n_run x clock - start_sum.
+        batch_size = self.n_run.astype(float)
+        clock_before = self.clock.copy()
+        kv_read = self.ctx_sum + batch_size * clock_before - self.start_sum
         step = self.engine.decode_step_s(batch_size, kv_read)
         steps = np.where(batch_size > 0, decode_time / step, 0.0)
-        before = self.done[run]
-        self.done[run] = before + steps[inst_of]
-        finished_mask = self.done[run] >= self.gen[run] - 1
+        self.clock += steps
+        run = self.run_ids
+        inst_of = self.inst[run]
+        finished_mask = self.finish_clock[run] <= self.clock[inst_of]
         if finished_mask.any():
             fin = run[finished_mask]
             fi = inst_of[finished_mask]
             decode_start = t + dt - decode_time[fi]
-            t_fin = decode_start + np.maximum(self.gen[fin] - 1 - before[finished_mask], 0.0) * step[fi]
+            t_fin = decode_start + np.maximum(self.finish_clock[fin] - clock_before[fi], 0.0) * step[fi]
             self.finish[fin] = np.maximum(t_fin, self.first_token[fin])
+            self._remove(fin, fi)
             batch_fin = fin[self.is_batch[fin]]
             if batch_fin.size:
                 self.unfinished_per_job -= np.bincount(self.job[batch_fin], minlength=self.n_jobs)
-            run = run[~finished_mask]
-        self.run_ids = run
+            self.run_ids = run[~finished_mask]
 
         busy = (batch_size > 0) | (prefill > 0)
         self.acc_busy += np.where(busy, dt, 0.0)
         self.acc_steps += steps
-        run_batch_count = np.bincount(self.inst[run], weights=self.is_batch[run], minlength=n_inst)
-        tokens_batch = steps * run_batch_count + np.bincount(inst_b, minlength=n_inst)
-        self.acc_tokens += steps * batch_size + np.bincount(admitted_inst, minlength=n_inst)
-        self.global_batch_tokens += tokens_batch
-        run_inter_count = np.bincount(self.inst[run], weights=~self.is_batch[run], minlength=n_inst)
+        self.acc_tokens += steps * batch_size + admitted_count
+        self.global_batch_tokens += steps * self.n_run_batch + np.bincount(inst_b, minlength=n_inst)
+        run_inter_count = self.n_run - self.n_run_batch
         self.global_interactive_tokens += steps * run_inter_count + np.bincount(
             inst_i, weights=self.ctx[adm_i], minlength=n_inst
         )
         self.acc_interactive |= run_inter_count > 0
 
         # Draining instances leave once empty.
-        still = np.bincount(self.inst[self.run_ids], minlength=n_inst)
-        gone = (self.status == DRAINING) & (still == 0) & (self.debt <= 0)
+        gone = (self.status == DRAINING) & (self.n_run == 0) & (self.debt <= 0)
         self.status[gone], self.stopped_at[gone] = STOPPED, t + dt
 
-    def _preempt_for_interactive(self, run, ready, running_batch, waiting: int) -> np.ndarray:
-        mixed = np.flatnonzero(ready & (self.pool == POOL_CODE["mixed"]) & (running_batch > 0))
+    def _admit(self, ids: np.ndarray, inst: np.ndarray) -> None:
+        """Start ``ids`` on ``inst``: they join the running set and their instances' sums."""
+        if ids.size == 0:
+            return
+        n_inst = self.pool.size
+        self.inst[ids] = inst
+        self.run_ids = np.concatenate([self.run_ids, ids])
+        start = self.clock[inst] - self.done[ids]  # a preempted request resumes where it was
+        self.start_clock[ids] = start
+        self.finish_clock[ids] = start + self.gen[ids] - 1
+        self.n_run += np.bincount(inst, minlength=n_inst)
+        self.n_run_batch += np.bincount(inst, weights=self.is_batch[ids], minlength=n_inst).astype(int)
+        self.kv_used += np.bincount(inst, weights=self.kv_need[ids], minlength=n_inst)
+        self.ctx_sum += np.bincount(inst, weights=self.ctx[ids], minlength=n_inst)
+        self.start_sum += np.bincount(inst, weights=start, minlength=n_inst)
+
+    def _remove(self, ids: np.ndarray, inst: np.ndarray) -> None:
+        """Take finished or preempted ``ids`` out of their instances' sums, recording their progress."""
+        n_inst = self.pool.size
+        self.done[ids] = self.clock[inst] - self.start_clock[ids]
+        self.n_run -= np.bincount(inst, minlength=n_inst)
+        self.n_run_batch -= np.bincount(inst, weights=self.is_batch[ids], minlength=n_inst).astype(int)
+        self.kv_used -= np.bincount(inst, weights=self.kv_need[ids], minlength=n_inst)
+        self.ctx_sum -= np.bincount(inst, weights=self.ctx[ids], minlength=n_inst)
+        self.start_sum -= np.bincount(inst, weights=self.start_clock[ids], minlength=n_inst)
+
+    def _preempt_for_interactive(self, ready, waiting: int) -> np.ndarray:
+        mixed = np.flatnonzero(ready & (self.pool == POOL_CODE["mixed"]) & (self.n_run_batch > 0))
         if mixed.size == 0:
             return np.zeros(0, dtype=int)
+        run = self.run_ids
         batch_run = run[self.is_batch[run]]
         chosen = []
         left = waiting
@@ -381,7 +464,9 @@ class ClusterSimulation:
             left -= take.size
         victims = np.concatenate(chosen) if chosen else np.zeros(0, dtype=int)
         # Recompute preemption: the next prefill covers the prompt and what was generated.
-        self.prefill_tokens[victims] = self.ctx[victims] + self.done[victims] + 1
+        done = self.clock[self.inst[victims]] - self.start_clock[victims]
+        self.prefill_tokens[victims] = self.ctx[victims] + done + 1
+        self.prefill_s[victims] = self.engine.prefill_compute_s(self.prefill_tokens[victims])
         return victims
 
     # ------------------------------------------------------------------ control
@@ -392,7 +477,7 @@ class ClusterSimulation:
             obs = LocalObservation(
                 itl_s=itl,
                 tokens_per_s=self.acc_tokens[i] / period,
-                running=self._running_count(i),
+                running=int(self.n_run[i]),
                 itl_slo_s=slo if self.acc_interactive[i] else None,
             )
             self.local[i], _ = next_admission_limit(self.local[i], obs, lc)
@@ -401,21 +486,10 @@ class ClusterSimulation:
         self.acc_steps[:] = 0
         self.acc_tokens[:] = 0
         self.acc_interactive[:] = False
-        self._running_cache = None
-
-    def _running_count(self, i: int) -> int:
-        cache = getattr(self, "_running_cache", None)
-        if cache is None or cache.size != self.pool.size:
-            cache = np.bincount(self.inst[self.run_ids], minlength=self.pool.size)
-            self._running_cache = cache
-        return int(cache[i])
 
     def snapshot(self, now: float, period: float) -> ClusterSnapshot:
-        n_inst = self.pool.size
-        run = self.run_ids
-        inst_of = self.inst[run]
-        rb = np.bincount(inst_of, weights=self.is_batch[run], minlength=n_inst).astype(int)
-        ri = np.bincount(inst_of, minlength=n_inst) - rb
+        rb = self.n_run_batch
+        ri = self.n_run - rb
         pools = {}
         for name, code in POOL_CODE.items():
             mine = self.pool == code
@@ -470,7 +544,7 @@ class ClusterSimulation:
     def _global_control(self, now: float, period: float) -> None:
         snap = self.snapshot(now, period)
         decisions, self.policy_state = self.policy.decide(snap, self.policy_state, self.config)
-        running = np.bincount(self.inst[self.run_ids], minlength=self.pool.size)
+        running = self.n_run.copy()
         for d in decisions:
             if not d.is_change:
                 continue

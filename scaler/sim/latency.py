@@ -9,6 +9,7 @@ The per-step overhead stands for scheduling, sampling and kernel launches (plus 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,3 +102,60 @@ class EngineModel:
 
 def engine(model: str = "llama-3-70b", gpu: str = "h100-80gb", tensor_parallel: int = 4, **overrides) -> EngineModel:
     return EngineModel(MODELS[model], GPUS[gpu], tensor_parallel, **overrides)
+
+
+@dataclass(frozen=True)
+class InstanceProfile:
+    """One instance's throughput on a request mix, from the latency model alone (no workload replay)."""
+
+    interactive_rps: float  # requests/s served with the mean ITL at the SLO
+    interactive_batch: float  # running sequences at that rate
+    batch_rps: float  # requests/s with no latency target (largest batch that fits)
+    mean_tokens: float  # prompt + output tokens of a mean request (to convert to tokens/s)
+
+    @property
+    def interactive_tokens_per_s(self) -> float:
+        return self.interactive_rps * self.mean_tokens
+
+
+def _itl_at(eng: EngineModel, rps: float, prefill_s: float, ctx: float, gen: float, dt_s: float) -> tuple[float, float]:
+    """(mean ITL, running sequences) at ``rps`` requests/s: prefill stalls decoding, Little's law gives the batch."""
+    busy = rps * prefill_s + min(1.0, rps * dt_s) * eng.overhead_s / dt_s
+    if busy >= 1.0:
+        return math.inf, math.inf
+    itl = float(eng.decode_step_s(1, ctx)) / (1.0 - busy)
+    for _ in range(60):  # fixed point: batch = rps x decode time; the step grows with the batch
+        batch = rps * max(gen - 1.0, 0.0) * itl
+        new = float(eng.decode_step_s(batch, batch * (ctx + gen / 2))) / (1.0 - busy)
+        if abs(new - itl) < 1e-9:
+            break
+        itl = new
+    return itl, rps * max(gen - 1.0, 0.0) * itl
+
+
+def instance_profile(
+    eng: EngineModel,
+    context_tokens: np.ndarray,
+    generated_tokens: np.ndarray,
+    itl_slo_s: float,
+    max_batch: int,
+    dt_s: float = 0.25,
+) -> InstanceProfile:
+    """Interactive capacity at the ITL SLO (bisection on the rate) and batch throughput, for a length mix."""
+    ctx, gen = float(np.mean(context_tokens)), float(np.mean(generated_tokens))
+    prefill_s = float(np.mean(eng.prefill_compute_s(context_tokens)))
+    kv_batch = eng.kv_capacity_tokens / (ctx + gen)
+    most = min(max_batch, kv_batch)
+
+    def fits(rps: float) -> bool:
+        itl, batch = _itl_at(eng, rps, prefill_s, ctx, gen, dt_s)
+        return itl <= itl_slo_s and batch <= most
+
+    lo, hi = 0.0, 1.0 / prefill_s
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    _, batch = _itl_at(eng, lo, prefill_s, ctx, gen, dt_s)
+    step = float(eng.decode_step_s(most, most * (ctx + gen / 2)))
+    per_request_s = prefill_s + max(gen - 1.0, 0.0) * step / most
+    return InstanceProfile(lo, batch, 1.0 / per_request_s, ctx + gen)

@@ -95,3 +95,81 @@ def batch_length_prior(trace: Trace) -> tuple[float, float]:
     """Mean and variance of output length: the prediction the simulator hands the scaler (no per-request predictor)."""
     g = trace.generated_tokens.astype(float)
     return float(g.mean()), float(g.var())
+
+
+# ------------------------------------------------------------------------------------- ServeGen day / week
+@dataclass(frozen=True)
+class ServeGenWorkloadConfig:
+    """A day or week of ServeGen m-large arrivals (its busiest span) with bulk batch jobs.
+
+    The interactive rate is scaled so that the span's busiest 10-minute window carries
+    ``peak_interactive_rps``; token counts come from the Azure conv trace (batch: code trace).
+    Batch jobs arrive at uniformly random times in the span, each ``batch_job_requests`` (uniform)
+    requests submitted at once with a deadline drawn from ``batch_deadlines_s``, until the batch
+    requests reach ``batch_per_interactive`` x the span's interactive requests.
+    """
+
+    days: int = 1
+    peak_interactive_rps: float = 120.0
+    batch_per_interactive: float = 1.0 / 3.0
+    batch_job_requests: tuple[int, int] = (10_000, 50_000)
+    batch_deadlines_s: tuple[float, ...] = (7200.0, 86400.0)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ServeGenWorkload:
+    interactive: Requests
+    batch: Requests
+    span_s: float  # the busiest span; arrivals after it continue the trace until the horizon
+    horizon_s: float  # span extended to the last batch deadline
+    name: str
+    rate_scale: float
+    start_window: int
+
+
+def batch_jobs(
+    n_requests: int, span_s: float, cfg: ServeGenWorkloadConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start_s, requests, deadline_s) per job, sorted by start: job sizes drawn until they cover ``n_requests``."""
+    lo, hi = cfg.batch_job_requests
+    sizes: list[int] = []
+    while sum(sizes) < n_requests:
+        sizes.append(int(rng.integers(lo, hi + 1)))
+    if sizes and sum(sizes) - n_requests >= lo and len(sizes) > 1:
+        sizes[-1] = max(lo, sizes[-1] - (sum(sizes) - n_requests))  # land near the target without a tiny job
+    starts = np.sort(rng.uniform(0.0, span_s, len(sizes)))
+    deadlines = starts + rng.choice(np.asarray(cfg.batch_deadlines_s, dtype=float), len(sizes))
+    return starts, np.asarray(sizes, dtype=int), deadlines
+
+
+def servegen_workload(
+    cfg: ServeGenWorkloadConfig, conv: Trace, code: Trace, windows=None
+) -> ServeGenWorkload:
+    from scaler.sim import servegen as sg
+
+    cw = windows if windows is not None else sg.load_client_windows()
+    rng = np.random.default_rng(cfg.seed)
+    span_windows = int(round(cfg.days * 86400.0 / sg.WINDOW_S))
+    start = sg.busiest_span(cw.total_rate(), span_windows)
+    span_s = span_windows * sg.WINDOW_S
+    total = cw.total_rate()
+    peak = float(np.take(total, np.arange(start, start + span_windows), mode="wrap").max())
+    scale = cfg.peak_interactive_rps / peak
+    horizon_s = span_s + max(cfg.batch_deadlines_s)
+    n_windows = int(np.ceil(horizon_s / sg.WINDOW_S))
+    offset, rate, shape, weibull = sg.window_rows(cw, start, n_windows)
+    times = sg.arrivals_in_windows(offset, rate * scale, shape, weibull, rng)
+    times = times[times < horizon_s]
+    pick = rng.integers(0, conv.arrival_s.size, times.size)
+    n = times.size
+    interactive = Requests(times, conv.context_tokens[pick], conv.generated_tokens[pick], np.full(n, np.inf), np.full(n, -1))
+    in_span = int(np.searchsorted(times, span_s))
+    starts, sizes, deadlines = batch_jobs(round(in_span * cfg.batch_per_interactive), span_s, cfg, rng)
+    m = int(sizes.sum())
+    pick = rng.integers(0, code.arrival_s.size, m)
+    batch = Requests(
+        np.repeat(starts, sizes), code.context_tokens[pick], code.generated_tokens[pick],
+        np.repeat(deadlines, sizes), np.repeat(np.arange(sizes.size), sizes),
+    )
+    return ServeGenWorkload(interactive, batch, span_s, horizon_s, sg.span_name(start, span_windows), scale, start)

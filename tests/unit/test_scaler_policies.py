@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 
 from core.scaler_config import ScalerConfig
@@ -317,6 +319,19 @@ def test_queue_safety_net_adds_instances_for_the_backlog():
     assert fired.value == 7 and "1.5 s" in fired.reason and "scale out" in fired.reason
     cooling = queue_safety_net(snap(queued=250, wait=1.5), ChironState(last_queue_scale_out=970.0), requirement, cfg)
     assert cooling.value is None and "30 s ago" in cooling.reason and "cooldown" in cooling.reason
+
+
+def test_queue_safety_net_sizes_the_backlog_to_drain_within_one_cold_start():
+    cfg = ScalerConfig()
+    cfg.chiron.cold_start_s = 60.0
+    lane = LaneObservation("interactive", queued=1300, oldest_wait_s=25.0, arrival_rate_per_s=50.0,
+                           arrival_tokens_per_s=50.0 * 1400)
+    s = replace(snap(mixed=17), interactive=lane)
+    # 1300 x 1400 tokens over 60 s at 10,000 tok/s per instance: 3.03 -> 4 more, not 1300 / 100 = 13.
+    fired = queue_safety_net(s, ChironState(), Requirement(0.0, 12, ()), cfg, Capacity(None, 10_000.0))
+    assert fired.value == 17 + 4
+    small = replace(s, interactive=replace(lane, queued=10))
+    assert queue_safety_net(small, ChironState(), Requirement(0.0, 12, ()), cfg, Capacity(None, 10_000.0)).value == 18
 
 
 def test_scale_out_target_goes_to_the_requirement_in_one_step():
