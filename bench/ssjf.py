@@ -177,8 +177,10 @@ def requests_per_round(capacity_tokens_per_s: float, mean_tokens: float, slots: 
     """How many requests a round can replay so that rounds x 3 replays fit in `seconds_left`.
 
     A replay at a load above 1 lasts about its work (requests x mean length / capacity) plus a tail: the
-    last request, running at one slot's share of a full batch, and a few seconds of waiting for idle."""
-    tail_s = mean_tokens * slots / capacity_tokens_per_s + 5.0
+    last requests, running in an emptying batch (half a mean request's time at one slot's share of a full
+    batch; the first default run here took 27 s a replay where 23 s of work was planned), and a few
+    seconds of waiting for idle."""
+    tail_s = 0.5 * mean_tokens * slots / capacity_tokens_per_s + 3.0
     seconds_per_replay = seconds_left / (rounds * len(POLICIES)) - tail_s
     return max(floor, int(seconds_per_replay * capacity_tokens_per_s / mean_tokens))
 

@@ -40,11 +40,11 @@ def test_a_share_of_capped_clients_send_a_cap_that_bounds_the_answer():
 
 
 def test_a_round_is_sized_from_capacity_so_the_replays_fit_the_time_left():
-    # 1000 tokens/s, mean 500 tokens (2 req/s), 16 slots: tail 8 s + 5 s; 4 rounds x 3 replays in 600 s
-    # leave 50 - 13 = 37 s of work a replay: 74 requests.
-    assert requests_per_round(1000.0, 500.0, 16, 600.0, 4, floor=16) == 74
+    # 1000 tokens/s, mean 500 tokens (2 req/s), 16 slots: tail 4 s + 3 s; 4 rounds x 3 replays in 600 s
+    # leave 50 - 7 = 43 s of work a replay: 86 requests.
+    assert requests_per_round(1000.0, 500.0, 16, 600.0, 4, floor=16) == 86
     assert requests_per_round(1000.0, 500.0, 16, 60.0, 4, floor=16) == 16  # never under the floor
-    assert requests_per_round(2000.0, 500.0, 16, 600.0, 4, floor=16) > 2 * 74 - 5  # twice the capacity
+    assert requests_per_round(2000.0, 500.0, 16, 600.0, 4, floor=16) > 2 * 86  # twice the capacity
 
 
 def test_offered_load_is_the_arrivals_tokens_over_capacity():
