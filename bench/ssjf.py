@@ -162,14 +162,16 @@ async def warm_up(base_url: str) -> None:
 
 
 def kendall_tau_of_proxy(requests: list[BenchRequest]) -> float:
+    """Kendall tau between what SSJF ranks by (the prediction capped at max_tokens) and the true length,
+    over the replayed requests: a capped client's cap is part of what the policy knows."""
     from scipy.stats import kendalltau
 
     from predictor.predictor import LengthPredictor
 
-    unique = {r.prompt_id: r for r in requests}
-    predictor = LengthPredictor.load()
-    predicted = predictor.predict([r.prompt for r in unique.values()])
-    return float(kendalltau(predicted, [r.true_output_tokens for r in unique.values()])[0])
+    unique = {r.prompt_id: r.prompt for r in requests}
+    predicted = dict(zip(unique, LengthPredictor.load().predict(list(unique.values()))))
+    ranked_by = [min(predicted[r.prompt_id], r.max_tokens or predicted[r.prompt_id]) for r in requests]
+    return float(kendalltau(ranked_by, [r.true_output_tokens for r in requests])[0])
 
 
 def requests_per_round(capacity_tokens_per_s: float, mean_tokens: float, slots: int, seconds_left: float,

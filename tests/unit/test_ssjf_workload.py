@@ -51,3 +51,18 @@ def test_offered_load_is_the_arrivals_tokens_over_capacity():
     requests = [BenchRequest(str(i), "p", 1, 100) for i in range(11)]
     offsets = np.linspace(0, 10, 11)  # 1 request/s of 100 tokens: 100 tokens/s offered
     assert offered_load(requests, offsets, 80.0) == pytest.approx(1.25)
+
+
+def test_proxy_tau_is_of_what_ssjf_ranks_by_the_prediction_capped_at_max_tokens(monkeypatch):
+    from bench import ssjf
+    from predictor import predictor
+
+    class SamePrediction:  # a proxy that tells prompts apart not at all
+        def predict(self, prompts):
+            return [500.0] * len(prompts)
+
+    monkeypatch.setattr(predictor.LengthPredictor, "load", classmethod(lambda cls, *a, **k: SamePrediction()))
+    requests = [BenchRequest("a", "a", 1, 64, max_tokens=64), BenchRequest("b", "b", 1, 128, max_tokens=128),
+                BenchRequest("c", "c", 1, 900, max_tokens=1900), BenchRequest("d", "d", 1, 256, max_tokens=256)]
+    # Capped at 64, 128, 256 and (uncapped) 500: the caps alone rank the four as their true lengths do.
+    assert ssjf.kendall_tau_of_proxy(requests) == pytest.approx(1.0)
