@@ -1,13 +1,16 @@
 """`sluice bench ssjf`: FCFS vs SSJF vs oracle SJF through the full stack (API -> Redis -> Celery -> vLLM).
 
-For each batching mode one worker is started, and each policy in turn replays the same requests through
-an API configured with that queue policy: validation prompts the proxy never trained on, each with
-Meta-Llama-3-8B-Instruct's real answer length enforced by the benchmark-only ``sluice.bench_output_tokens``
-(the queue policy sees only ``max_tokens``, here the context's room, as a client that names no cap), arriving at
-the Azure ``conv`` trace's inter-arrival times rescaled so the offered load is ``--load`` x the worker's
-measured capacity. ``--rounds`` repeats the replays in forward then reverse policy order. Beside the live
-numbers the report gives a throughput-normalized view and bench.queue_model's noise-free model of the
-same schedule."""
+For each batching mode one worker is started, and the policies replay requests in interleaved rounds:
+each round replays its own requests through every policy's API (the queue policy is API configuration),
+the order alternating between rounds (fcfs ssjf oracle | oracle ssjf fcfs | ...). Requests are held-out
+prompts the proxy never trained on (``--prompts alpaca``: AlpacaEval with Meta-Llama-3-8B-Instruct's
+answer lengths; ``arena``: Chatbot Arena with gpt-4-0314's), each length enforced by the benchmark-only
+``sluice.bench_output_tokens`` (the queue policy sees only ``max_tokens``: the context's room, or for a
+``--capped-share`` of clients a cap from 64-512), arriving at the Azure ``conv`` trace's inter-arrival times
+rescaled so the offered load is ``--load`` x the worker's measured capacity. The requests per round follow
+from that capacity and ``--budget-minutes``. Each figure comes with a 95% interval from the rounds'
+paired results (bench.ssjf_stats); beside the live numbers the report gives a throughput-normalized
+view and bench.queue_model's noise-free model of the same schedules."""
 
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ from tqdm import tqdm
 
 from bench.processes import BenchCluster
 from bench.queue_model import WorkerModel, modelled_mean_jct, running_slots, shortest_first_ceiling
-from bench.workload import LENGTH_MODEL, BenchRequest, scaled_arrivals, validation_requests
+from bench.ssjf_stats import cut_intervals
+from bench.workload import CLIENT_CAPS, LENGTH_MODELS, BenchRequest, scaled_arrivals, validation_requests
 
 log = logging.getLogger(__name__)
 POLICIES = ("fcfs", "ssjf", "oracle")
@@ -47,7 +51,8 @@ async def _send(http: httpx.AsyncClient, request: BenchRequest) -> dict:
     return {"jct_s": finished - started, "ttft_s": reply["sluice"]["ttft_s"], "queue_wait_s": reply["sluice"]["queue_wait_s"],
             "output_tokens": reply["usage"]["completion_tokens"], "sent_at": started, "finished_at": finished,
             "predicted_output_tokens": reply["sluice"]["predicted_output_tokens"], "score": reply["sluice"]["score"],
-            "prompt_id": request.prompt_id}
+            "prompt_id": request.prompt_id, "max_tokens": request.max_tokens,
+            "true_output_tokens": request.true_output_tokens}
 
 
 async def replay(base_url: str, requests: list[BenchRequest], offsets: np.ndarray, desc: str) -> list[dict]:
@@ -89,7 +94,9 @@ def summarize(rounds: list[list[dict]]) -> dict:
         "throughput_tokens_per_s": float(np.mean([r["throughput_tokens_per_s"] for r in per_round])),
         "requests": len(results), "rounds": per_round, "jct_s": sorted(float(x) for x in jct),
         "per_request": [{k: r[k] for k in ("prompt_id", "sent_at", "jct_s", "ttft_s", "queue_wait_s", "output_tokens",
-                                            "predicted_output_tokens", "score")} for r in results],
+                                            "predicted_output_tokens", "score", "max_tokens",
+                                            "true_output_tokens", "round")
+                         if k in r} for r in results],
     }
 
 
@@ -107,15 +114,19 @@ def normalize_by_throughput(mode_report: dict) -> None:
             [r["mean_jct_s"] * r["throughput_tokens_per_s"] / mean_rate for r in mode_report[policy]["rounds"]]))
 
 
-def model_the_queue(mode: str, admission_limit: int, workload: list[BenchRequest], offsets: np.ndarray, mode_report: dict,
-                    aging_tokens_per_s: float) -> dict:
-    """The same requests, arrivals, predictions and scores through bench.queue_model's noise-free worker,
-    with its step time set so that its full-batch throughput is the live FCFS replays' tokens/s."""
-    predicted_by_prompt = {r["prompt_id"]: r["predicted_output_tokens"] for r in mode_report["ssjf"]["per_request"]}
-    step_s = running_slots(mode, admission_limit) / mode_report["fcfs"]["throughput_tokens_per_s"]
+def model_the_queue(mode: str, admission_limit: int, workload: list[BenchRequest], offsets: np.ndarray,
+                    ssjf_results: list[dict], capacity_tokens_per_s: float, aging_tokens_per_s: float) -> dict:
+    """One round's requests, arrivals, SSJF's predictions and scores through bench.queue_model's noise-free
+    worker, its step time set so that a full batch runs at the capacity the closed burst measured (a short
+    round's own throughput is no measure of speed: the worker is not full all through it).
+
+    `ssjf_results` are SSJF's results of the round, in the workload's order. SSJF scores by the
+    prediction capped at the request's max_tokens, so the model does too."""
+    predicted = [min(r["predicted_output_tokens"], request.max_tokens or r["predicted_output_tokens"])
+                 for r, request in zip(ssjf_results, workload)]
+    step_s = running_slots(mode, admission_limit) / capacity_tokens_per_s
     worker = WorkerModel(mode, admission_limit, step_s=step_s)
-    jct = modelled_mean_jct(worker, offsets, [predicted_by_prompt[r.prompt_id] for r in workload],
-                            [r.true_output_tokens for r in workload], aging_tokens_per_s)
+    jct = modelled_mean_jct(worker, offsets, predicted, [r.true_output_tokens for r in workload], aging_tokens_per_s)
     return {"step_s": worker.step_s, "slots": worker.slots, "mean_jct_s": jct, **reductions(jct)}
 
 
@@ -151,34 +162,67 @@ async def warm_up(base_url: str) -> None:
 
 
 def kendall_tau_of_proxy(requests: list[BenchRequest]) -> float:
+    """Kendall tau between what SSJF ranks by (the prediction capped at max_tokens) and the true length,
+    over the replayed requests: a capped client's cap is part of what the policy knows."""
     from scipy.stats import kendalltau
 
     from predictor.predictor import LengthPredictor
 
-    unique = {r.prompt_id: r for r in requests}
-    predictor = LengthPredictor.load()
-    predicted = predictor.predict([r.prompt for r in unique.values()])
-    return float(kendalltau(predicted, [r.true_output_tokens for r in unique.values()])[0])
+    unique = {r.prompt_id: r.prompt for r in requests}
+    predicted = dict(zip(unique, LengthPredictor.load().predict(list(unique.values()))))
+    ranked_by = [min(predicted[r.prompt_id], r.max_tokens or predicted[r.prompt_id]) for r in requests]
+    return float(kendalltau(ranked_by, [r.true_output_tokens for r in requests])[0])
 
 
-def run_ssjf_bench(*, requests: int = 300, modes=("continuous",), admission_limit: int = 16, load: float = 1.3,
+def requests_per_round(capacity_tokens_per_s: float, mean_tokens: float, slots: int, seconds_left: float,
+                       rounds: int, floor: int) -> int:
+    """How many requests a round can replay so that rounds x 3 replays fit in `seconds_left`.
+
+    A replay at a load above 1 lasts about its work (requests x mean length / capacity) plus a tail: the
+    last requests, running in an emptying batch (half a mean request's time at one slot's share of a full
+    batch; the first default run here took 27 s a replay where 23 s of work was planned), and a few
+    seconds of waiting for idle."""
+    tail_s = 0.5 * mean_tokens * slots / capacity_tokens_per_s + 3.0
+    seconds_per_replay = seconds_left / (rounds * len(POLICIES)) - tail_s
+    return max(floor, int(seconds_per_replay * capacity_tokens_per_s / mean_tokens))
+
+
+def offered_load(requests: list[BenchRequest], offsets: np.ndarray, capacity_tokens_per_s: float) -> float:
+    """Utilisation the arrivals offer: output tokens per second of arrivals over the worker's capacity."""
+    span = float(offsets[-1] - offsets[0])
+    mean_gap = span / (len(offsets) - 1) if len(offsets) > 1 and span > 0 else 0.0
+    # n arrivals span n-1 gaps; the n-th request's own gap is counted at the mean, so the figure is not
+    # biased upwards for short rounds.
+    if span <= 0:
+        return float("inf")
+    return sum(r.true_output_tokens for r in requests) / ((span + mean_gap) * capacity_tokens_per_s)
+
+
+def run_ssjf_bench(*, requests: int | None = None, modes=("continuous",), admission_limit: int = 16, load: float = 1.3,
                    redis_url: str | None = None, json_out: str | None = None, plot_out: str | None = None,
-                   aging_tokens_per_s: float = 5.0, rounds: int = 1) -> dict:
+                   aging_tokens_per_s: float = 5.0, rounds: int = 4, prompts: str = "alpaca", capped_share: float = 0.0,
+                   budget_minutes: float = 9.0, seed: int = 0) -> dict:
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    workload = validation_requests(requests)
-    mean_tokens = float(np.mean([r.true_output_tokens for r in workload]))
-    report = {"config": {"requests": requests, "admission_limit": admission_limit, "load": load, "length_model": LENGTH_MODEL,
-                         "arrival_trace": "azure conv", "aging_tokens_per_s": aging_tokens_per_s,
-                         "mean_true_output_tokens": mean_tokens, "model": MODEL, "rounds": rounds},
-              "proxy_kendall_tau": kendall_tau_of_proxy(workload),
-              "shortest_first_ceiling": shortest_first_ceiling([r.true_output_tokens for r in workload]), "modes": {}}
+    run_started = time.monotonic()
+    length_model = LENGTH_MODELS[prompts]
+    # Enough requests for any sizing: each round takes the next slice, so rounds replay different prompts.
+    candidates = validation_requests(max(2000, (requests or 0) * rounds), length_model=length_model, prompts=prompts,
+                                     capped_share=capped_share, seed=seed)
+    mean_tokens = float(np.mean([r.true_output_tokens for r in candidates]))
+    report = {"config": {"requests_per_round": requests, "admission_limit": admission_limit, "load": load,
+                         "prompts": prompts, "length_model": length_model, "capped_share": capped_share,
+                         "client_caps": list(CLIENT_CAPS), "seed": seed, "arrival_trace": "azure conv",
+                         "aging_tokens_per_s": aging_tokens_per_s, "mean_true_output_tokens": mean_tokens,
+                         "model": MODEL, "rounds": rounds, "budget_minutes": budget_minutes},
+              "modes": {}}
     # One worker per mode serves every policy, one policy after another: each replay has the whole
     # machine. (Running the policies at once, one stack each, gave them unequal CPU shares, and in an
     # overloaded queue JCT scales with the stack's own throughput, which swamped the policy effect.)
     # Each policy has its own API process because the queue policy is API configuration.
     cluster = BenchCluster(redis_url)
+    replayed: list[BenchRequest] = []
     try:
-        for mode in modes:
+        for mode_index, mode in enumerate(modes):
             cluster.start_worker(f"bench-{mode}@bench", "--batching-mode", mode, "--admission-limit", str(admission_limit),
                                  "--max-admission-limit", str(max(admission_limit, 8)))
             # Every policy's API predicts lengths (FCFS and oracle ignore them), so all three carry the
@@ -190,41 +234,72 @@ def run_ssjf_bench(*, requests: int = 300, modes=("continuous",), admission_limi
                     for policy in POLICIES}
             for base_url in apis.values():
                 asyncio.run(warm_up(base_url))
-            burst = min(len(workload), 4 * running_slots(mode, admission_limit))
-            capacity_tokens = asyncio.run(measure_capacity(apis["fcfs"], workload, burst=burst))
+            slots = running_slots(mode, admission_limit)
+            burst = min(len(candidates), 4 * slots)
+            capacity_tokens = asyncio.run(measure_capacity(apis["fcfs"], candidates, burst=burst))
             capacity = capacity_tokens / mean_tokens
             cluster.wait_idle()
+            # The time left is shared by this mode and the ones after it.
+            seconds_left = (budget_minutes * 60 - (time.monotonic() - run_started)) / (len(modes) - mode_index)
+            per_round = requests or requests_per_round(capacity_tokens, mean_tokens, slots, seconds_left, rounds,
+                                                       floor=slots)
+            if per_round < 2 * slots:
+                log.warning("%s: %d requests a round (capacity %.2f req/s): the queue barely builds beyond the %d "
+                            "slots, so the policies differ little; raise --budget-minutes or --requests", mode,
+                            per_round, capacity, slots)
             rate = load * capacity
-            offsets, time_scale = scaled_arrivals("conv", len(workload), rate)
+            round_workloads, round_offsets, time_scales, loads = [], [], [], []
+            for round_index in range(rounds):
+                workload = [candidates[(round_index * per_round + i) % len(candidates)] for i in range(per_round)]
+                offsets, time_scale = scaled_arrivals("conv", per_round, rate, start=round_index * per_round)
+                round_workloads.append(workload)
+                round_offsets.append(offsets)
+                time_scales.append(time_scale)
+                loads.append(offered_load(workload, offsets, capacity_tokens))
+            replayed.extend(r for w in round_workloads for r in w)
             mode_report = {"capacity_tokens_per_s": capacity_tokens, "capacity_rps": capacity,
-                           "arrival_rate_rps": rate, "trace_time_scale": time_scale,
+                           "arrival_rate_rps": rate, "requests_per_round": per_round, "rounds": rounds,
+                           "offered_load": float(np.mean(loads)), "offered_load_per_round": loads,
+                           "trace_time_scale": float(np.mean(time_scales)), "calibration_burst": burst,
                            "policy_orders": [list(order) for order in round_orders(rounds)]}
-            log.info("%s: capacity %.2f req/s; replaying at %.2f req/s (conv trace time x%.3f)", mode, capacity,
-                     rate, time_scale)
+            log.info("%s: capacity %.2f req/s (%.0f tokens/s); %d rounds of %d requests at %.2f req/s (offered load "
+                     "%.2f)", mode, capacity, capacity_tokens, rounds, per_round, rate, mode_report["offered_load"])
             results: dict[str, list[list[dict]]] = {policy: [] for policy in POLICIES}
             for round_index, order in enumerate(round_orders(rounds)):
                 for policy in order:
-                    results[policy].append(asyncio.run(
-                        replay(apis[policy], workload, offsets, f"{mode}/{policy} round {round_index + 1}/{rounds}")))
+                    one = asyncio.run(replay(apis[policy], round_workloads[round_index], round_offsets[round_index],
+                                             f"{mode}/{policy} round {round_index + 1}/{rounds}"))
+                    for result in one:
+                        result["round"] = round_index
+                    results[policy].append(one)
                     cluster.wait_idle()
                     log.info("%s/%s round %d: mean JCT %.2fs", mode, policy, round_index + 1,
-                             float(np.mean([r["jct_s"] for r in results[policy][-1]])))
+                             float(np.mean([r["jct_s"] for r in one])))
             for policy in POLICIES:
                 mode_report[policy] = summarize(results[policy])
             normalize_by_throughput(mode_report)
-            mode_report["model"] = model_the_queue(mode, admission_limit, workload, offsets, mode_report,
-                                                   aging_tokens_per_s)
+            modelled = [model_the_queue(mode, admission_limit, round_workloads[i], round_offsets[i],
+                                        results["ssjf"][i], capacity_tokens, aging_tokens_per_s)
+                        for i in range(rounds)]
+            model_jct = {p: float(np.mean([m["mean_jct_s"][p] for m in modelled])) for p in POLICIES}
+            mode_report["model"] = {"step_s": float(np.mean([m["step_s"] for m in modelled])),
+                                    "slots": modelled[0]["slots"], "mean_jct_s": model_jct, **reductions(model_jct)}
             cluster.stop_processes()
             mode_report.update(reductions({p: mode_report[p]["mean_jct_s"] for p in POLICIES}))
             mode_report["throughput_normalized"] = reductions(
                 {p: mode_report[p]["throughput_normalized_mean_jct_s"] for p in POLICIES})
+            mode_report["ci95"] = cut_intervals({p: [r["mean_jct_s"] for r in mode_report[p]["rounds"]]
+                                                 for p in POLICIES})
             tokens_per_s = [r["throughput_tokens_per_s"] for p in POLICIES for r in mode_report[p]["rounds"]]
             # Same requests, same worker: the policies should see the same throughput. A spread means the
-            # machine's load changed between replays, and the JCT comparison is that much less clean.
+            # machine's load changed between replays; pairing by round takes out what is common to a round.
             mode_report["throughput_spread"] = max(tokens_per_s) / min(tokens_per_s) - 1
             report["modes"][mode] = mode_report
     finally:
         cluster.stop()
+    report["proxy_kendall_tau"] = kendall_tau_of_proxy(replayed)
+    report["shortest_first_ceiling"] = shortest_first_ceiling([r.true_output_tokens for r in replayed])
+    report["wall_s"] = time.monotonic() - run_started
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=2))
     if plot_out:
@@ -249,9 +324,19 @@ def plot_jct_cdfs(report: dict, path: str) -> None:
         ax.set_ylabel("fraction of requests")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"JCT CDF, {report['config']['requests']} requests, proxy tau {report['proxy_kendall_tau']:.2f}")
+    config = report["config"]
+    fig.suptitle(f"JCT CDF, {config['prompts']} prompts ({config['length_model']} lengths), "
+                 f"proxy tau {report['proxy_kendall_tau']:.2f}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _interval(bounds) -> str:
+    return "unbounded" if bounds is None else f"[{100 * bounds[0]:.1f}%, {100 * bounds[1]:.1f}%]"
 
 
 def _reduction_line(label: str, numbers: dict) -> str:
@@ -259,6 +344,13 @@ def _reduction_line(label: str, numbers: dict) -> str:
     return (f"{label}: SSJF {100 * numbers['ssjf_mean_jct_reduction_vs_fcfs']:.1f}% below FCFS, oracle "
             f"{100 * numbers['oracle_mean_jct_reduction_vs_fcfs']:.1f}%; SSJF gets "
             f"{'n/a' if share is None else f'{100 * share:.0f}%'} of oracle's reduction")
+
+
+def _interval_line(ci: dict) -> str:
+    return (f"paired by round, 95% CI over {ci['rounds']} rounds: SSJF cut {_percent(ci['ssjf_cut_mean_of_rounds'])} "
+            f"{_interval(ci['ssjf_cut_ci'])}, oracle cut {_percent(ci['oracle_cut_mean_of_rounds'])} "
+            f"{_interval(ci['oracle_cut_ci'])}, SSJF's share of the oracle's cut "
+            f"{_percent(ci['ssjf_share_of_oracle_cut'])} {_interval(ci['ssjf_share_of_oracle_cut_ci'])}")
 
 
 def format_table(report: dict) -> str:
@@ -271,11 +363,17 @@ def format_table(report: dict) -> str:
                          f"{m['p50_jct_s']:.2f} | {m['p90_jct_s']:.2f} | {m['p50_ttft_s']:.2f} | {m['p99_ttft_s']:.2f} | "
                          f"{m['throughput_rps']:.2f} | {m['throughput_tokens_per_s']:.0f} | "
                          f"{data['model']['mean_jct_s'][policy]:.2f} |")
+    config = report["config"]
     for mode, data in report["modes"].items():
-        lines.append(f"\n{mode} (capacity {data['capacity_rps']:.2f} req/s by closed burst, arrivals "
-                     f"{data['arrival_rate_rps']:.2f} req/s, conv trace time x{data['trace_time_scale']:.3f}; "
-                     f"throughput spread across replays {100 * data['throughput_spread']:.1f}%)")
-        lines.append("- " + _reduction_line("live", data))
+        lines.append(f"\n{mode}, {config['prompts']} prompts ({config['length_model']} lengths, capped share "
+                     f"{config['capped_share']:g}): capacity {data['capacity_rps']:.2f} req/s by closed burst; "
+                     f"{data.get('rounds', 1)} rounds of {data.get('requests_per_round', '?')} requests at "
+                     f"{data['arrival_rate_rps']:.2f} req/s, offered load {data.get('offered_load', float('nan')):.2f} "
+                     f"(conv trace time x{data['trace_time_scale']:.3f}); throughput spread across replays "
+                     f"{100 * data['throughput_spread']:.1f}%")
+        if "ci95" in data:
+            lines.append("- " + _interval_line(data["ci95"]))
+        lines.append("- " + _reduction_line("live, pooled", data))
         lines.append("- " + _reduction_line("live, throughput-normalized", data["throughput_normalized"]))
         lines.append("- " + _reduction_line(f"queue model (step {1000 * data['model']['step_s']:.1f} ms)", data["model"]))
         if len(data["policy_orders"]) > 1:
@@ -285,22 +383,33 @@ def format_table(report: dict) -> str:
     lines.append(f"\nproxy Kendall tau on these requests: {report['proxy_kendall_tau']:.3f}; with every request queued "
                  "at once on one server with a fixed cost per token, shortest-first would cut mean JCT on these "
                  f"lengths by {100 * (1 - report['shortest_first_ceiling']):.0f}%")
+    if "wall_s" in report:
+        lines.append(f"wall time {report['wall_s'] / 60:.1f} min")
     return "\n".join(lines)
 
 
 @click.command("ssjf")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write results here.")
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None, help="JCT CDF PNG.")
-@click.option("--requests", type=int, default=300, show_default=True)
-@click.option("--modes", default="continuous,dynamic,none", show_default=True, help="Batching modes to run.")
+@click.option("--prompts", type=click.Choice(sorted(LENGTH_MODELS)), default="alpaca", show_default=True,
+              help="Held-out prompt set: alpaca (Meta-Llama-3-8B-Instruct's lengths) or arena (gpt-4-0314's).")
+@click.option("--capped-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of requests whose client sends max_tokens from 64/128/256/512 (their answers stop there).")
+@click.option("--rounds", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Rounds; each replays its own requests through every policy, the order alternating.")
+@click.option("--budget-minutes", type=float, default=9.0, show_default=True,
+              help="Wall time the run is sized to: requests per round follow from the measured capacity.")
+@click.option("--requests", type=int, default=None, help="Requests per round (default: sized from the budget).")
+@click.option("--modes", default="continuous", show_default=True,
+              help="Batching modes to run (continuous,dynamic,none).")
 @click.option("--admission-limit", type=int, default=16, show_default=True, help="Worker admission limit.")
 @click.option("--load", type=float, default=1.3, show_default=True,
               help="Offered load / capacity (a closed burst's tokens/s over the workload's mean output length).")
 @click.option("--aging-tokens-per-s", type=float, default=5.0, show_default=True, help="SSJF aging rate.")
-@click.option("--rounds", type=int, default=1, show_default=True,
-              help="Replays per policy, in forward then reverse policy order (more rounds: less drift).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the capped clients' draw.")
 @click.option("--redis-url", default=None, help="Redis to use (its database is flushed). Default: embedded Valkey.")
-def ssjf_command(json_out, plot_out, requests, modes, admission_limit, load, aging_tokens_per_s, rounds, redis_url):
+def ssjf_command(json_out, plot_out, prompts, capped_share, rounds, budget_minutes, requests, modes, admission_limit,
+                 load, aging_tokens_per_s, seed, redis_url):
     """FCFS vs SSJF vs oracle SJF on real prompts and lengths, through the real stack."""
     modes = [m.strip() for m in modes.split(",") if m.strip()]
     unknown = set(modes) - {"continuous", "dynamic", "none"}
@@ -308,5 +417,6 @@ def ssjf_command(json_out, plot_out, requests, modes, admission_limit, load, agi
         raise click.BadParameter(f"unknown modes {sorted(unknown)}", param_hint="--modes")
     report = run_ssjf_bench(requests=requests, modes=modes, admission_limit=admission_limit, load=load, redis_url=redis_url,
                             json_out=json_out, plot_out=plot_out, aging_tokens_per_s=aging_tokens_per_s,
-                            rounds=rounds)
+                            rounds=rounds, prompts=prompts, capped_share=capped_share, budget_minutes=budget_minutes,
+                            seed=seed)
     click.echo(format_table(report))

@@ -1,4 +1,5 @@
-"""Loading the AlpacaEval length data and the deterministic by-prompt train/validation split.
+"""Loading the length data (AlpacaEval; Chatbot Arena prompts from arena-bench-v1) and the deterministic
+by-prompt train/validation split.
 
 The split is by prompt (never by row): every length any model gave for a validation prompt stays out
 of training, so the benchmark can replay validation prompts the proxy has never seen.
@@ -17,6 +18,10 @@ PACKAGE_DATA_DIR = Path(__file__).resolve().parent / "data" / "alpaca_eval"
 DEFAULT_PROMPTS_PATH = PACKAGE_DATA_DIR / "prompts.jsonl"
 DEFAULT_LENGTHS_PATH = PACKAGE_DATA_DIR / "lengths.csv.gz"
 DEFAULT_TARGET_MODEL = "Meta-Llama-3-8B-Instruct"
+ARENA_DATA_DIR = Path(__file__).resolve().parent / "data" / "arena_bench_v1"
+ARENA_PROMPTS_PATH = ARENA_DATA_DIR / "prompts.jsonl"
+ARENA_LENGTHS_PATH = ARENA_DATA_DIR / "lengths.csv.gz"
+ARENA_TARGET_MODEL = "gpt-4-0314"  # a GPT-4-class model, answering every Arena prompt here
 VALIDATION_PERCENT = 20
 
 
@@ -67,6 +72,23 @@ def split_prompt_ids(prompt_ids=None, validation_percent: int = VALIDATION_PERCE
     for pid in sorted(set(prompt_ids)):
         (validation if is_validation_prompt(pid, validation_percent) else train).append(pid)
     return train, validation
+
+
+def load_arena_prompts() -> list[Prompt]:
+    """The 298 Chatbot Arena prompts of arena-bench-v1 (longer, more code and maths than AlpacaEval's)."""
+    return load_prompts(ARENA_PROMPTS_PATH)
+
+
+def load_arena_output_tokens() -> dict[str, dict[str, int]]:
+    """{prompt_id: {model: output_tokens}} for the Arena prompts (18 models)."""
+    return load_output_tokens(ARENA_LENGTHS_PATH)
+
+
+def split_arena_prompt_ids(validation_percent: int = VALIDATION_PERCENT) -> tuple[list[str], list[str]]:
+    """The Arena prompts split by the same id hash as split_prompt_ids: (train_ids, validation_ids).
+
+    The held-out side is what the SSJF bench replays; training on Arena uses only the train side."""
+    return split_prompt_ids([p.prompt_id for p in load_arena_prompts()], validation_percent)
 
 
 def prompt_text_hash(prompt_text: str) -> str:

@@ -51,6 +51,7 @@ def test_shortest_first_ceiling():
 
 def test_bench_report_normalizes_by_throughput_and_prints_every_view():
     from bench.ssjf import POLICIES, format_table, normalize_by_throughput, reductions, summarize
+    from bench.ssjf_stats import cut_intervals
 
     def replay(jct: float, tokens_per_s: float) -> list[dict]:
         return [{"jct_s": jct, "ttft_s": 0.1, "queue_wait_s": 0.0, "output_tokens": tokens_per_s * 10, "sent_at": 0.0,
@@ -67,6 +68,13 @@ def test_bench_report_normalizes_by_throughput_and_prints_every_view():
                 model={"step_s": 0.01, "mean_jct_s": {"fcfs": 3.0, "ssjf": 2.0, "oracle": 1.0},
                        **reductions({"fcfs": 3.0, "ssjf": 2.0, "oracle": 1.0})})
     assert mode["ssjf_mean_jct_reduction_vs_fcfs"] == pytest.approx(0.5)
-    table = format_table({"modes": {"continuous": mode}, "proxy_kendall_tau": 0.5, "shortest_first_ceiling": 0.7})
+    mode.update(rounds=1, requests_per_round=1, offered_load=1.31,
+                ci95=cut_intervals({"fcfs": [20.0, 22.0], "ssjf": [10.0, 12.0], "oracle": [10.0, 10.0]}))
+    config = {"prompts": "arena", "length_model": "gpt-4-0314", "capped_share": 0.5}
+    table = format_table({"config": config, "modes": {"continuous": mode}, "proxy_kendall_tau": 0.5,
+                          "shortest_first_ceiling": 0.7})
+    assert "continuous, arena prompts (gpt-4-0314 lengths, capped share 0.5)" in table
+    assert "offered load 1.31" in table
+    assert "paired by round, 95% CI over 2 rounds: SSJF cut 47.7% [" in table
     assert "queue model (step 10.0 ms): SSJF 33.3% below FCFS, oracle 66.7%; SSJF gets 50%" in table
     assert "shortest-first would cut mean JCT on these lengths by 30%" in table
