@@ -8,7 +8,8 @@ What it measures, in one run (``--json OUT`` keeps it all):
 2. **Redis memory per queued request**: ``used_memory`` after the enqueue minus before the upload, over
    the lines (lane message + request state + its share of the deadline and batch counters).
 3. **Status latency**: ``GET /v1/batches/{id}`` polled from a second thread the whole time, reported
-   during the enqueue and while a vLLM worker then runs the batch for ``--run-s`` seconds.
+   during the enqueue, while a vLLM worker starts (its engine loads on the same cores), and while it then
+   runs the batch for ``--run-s`` seconds; the target applies to the enqueue and the running.
 4. **Cancel**: the batch is cancelled; time until none of its requests is left in the lane, and until it
    is ``cancelled`` with its output and error files written.
 
@@ -155,8 +156,10 @@ def run_batch_bench(*, lines: int = 50_000, max_tokens: int = 16, run_s: float =
             "memory_usage_per_request": breakdown,
         }
 
-        poller.phase = "running"
+        # A vLLM worker's start loads the engine on the same cores as the API: kept apart from steady running.
+        poller.phase = "worker_start"
         cluster.start_worker("bench@batch")
+        poller.phase = "running"
         time.sleep(run_s)
         done_before_cancel = poller.last["sluice"]["done"]
 
@@ -180,7 +183,8 @@ def run_batch_bench(*, lines: int = 50_000, max_tokens: int = 16, run_s: float =
                             "request_counts": final["request_counts"],
                             "output_file_id": final["output_file_id"], "error_file_id": final["error_file_id"]}
         report["status_latency"] = poller.summary()
-        p99 = max(phase["p99_ms"] for name, phase in report["status_latency"].items() if name != "cancel")
+        p99 = max(phase["p99_ms"] for name, phase in report["status_latency"].items()
+                  if name in ("enqueue", "running"))
         report["targets"] = {
             "upload_to_enqueued_s": {"target": TARGETS["upload_to_enqueued_s"],
                                      "met": report["enqueue"]["upload_to_enqueued_s"] <= TARGETS["upload_to_enqueued_s"]},
