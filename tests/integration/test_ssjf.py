@@ -68,8 +68,10 @@ def test_fcfs_with_predict_lengths_attaches_predictions_and_still_scores_by_arri
     assert (health["queue_policy"], health["predicts_lengths"]) == ("fcfs", True) and health["predictor_version"]
     sent_from = time.time()
     with httpx.Client(base_url=base, timeout=120) as http:
-        short = http.post("/v1/completions", json={"model": MODEL, "prompt": SHORT_PROMPT, "max_tokens": 2}).json()
-        long = http.post("/v1/completions", json={"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 2}).json()
+        # max_tokens above both predictions (the score is capped at it); 2 tokens generated (bench field).
+        body = {"model": MODEL, "max_tokens": 1500, "sluice": {"bench_output_tokens": 2}}
+        short = http.post("/v1/completions", json={**body, "prompt": SHORT_PROMPT}).json()
+        long = http.post("/v1/completions", json={**body, "prompt": LONG_PROMPT}).json()
     sent_until = time.time()
     # Real predictions from the proxy (they tell the two prompts apart), as the scaler's estimates need ...
     assert 0 < short["sluice"]["predicted_output_tokens"] < long["sluice"]["predicted_output_tokens"]
@@ -108,8 +110,10 @@ def test_ssjf_serves_predicted_shortest_first_when_the_worker_is_full(stack, ssj
 
     def send(name, prompt):
         with httpx.Client(base_url=base, timeout=300) as http:
-            replies[name] = http.post("/v1/completions", json={"model": MODEL, "prompt": prompt,
-                                                               "max_tokens": 3, "ignore_eos": True}).json()
+            # A client cap well above both predictions (the score is capped at max_tokens); three tokens
+            # generated, through the benchmark field the scorer does not see.
+            replies[name] = http.post("/v1/completions", json={"model": MODEL, "prompt": prompt, "max_tokens": 1500,
+                                                               "sluice": {"bench_output_tokens": 3}}).json()
 
     stack.set_admission_limit("main@test", 1)
     app.control.cancel_consumer("interactive", destination=["main@test"], reply=True, timeout=5)
