@@ -68,10 +68,8 @@ def test_fcfs_with_predict_lengths_attaches_predictions_and_still_scores_by_arri
     assert (health["queue_policy"], health["predicts_lengths"]) == ("fcfs", True) and health["predictor_version"]
     sent_from = time.time()
     with httpx.Client(base_url=base, timeout=120) as http:
-        # max_tokens above both predictions (the score is capped at it); 2 tokens generated (bench field).
-        body = {"model": MODEL, "max_tokens": 1500, "sluice": {"bench_output_tokens": 2}}
-        short = http.post("/v1/completions", json={**body, "prompt": SHORT_PROMPT}).json()
-        long = http.post("/v1/completions", json={**body, "prompt": LONG_PROMPT}).json()
+        short = http.post("/v1/completions", json={"model": MODEL, "prompt": SHORT_PROMPT, "max_tokens": 2}).json()
+        long = http.post("/v1/completions", json={"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 2}).json()
     sent_until = time.time()
     # Real predictions from the proxy (they tell the two prompts apart), as the scaler's estimates need ...
     assert 0 < short["sluice"]["predicted_output_tokens"] < long["sluice"]["predicted_output_tokens"]
@@ -91,8 +89,10 @@ def test_fcfs_without_predict_lengths_loads_no_predictor(fcfs_apis):
 def test_ssjf_scores_by_predicted_length(ssjf_api):
     base, _ = ssjf_api
     with httpx.Client(base_url=base, timeout=120) as http:
-        short = http.post("/v1/completions", json={"model": MODEL, "prompt": SHORT_PROMPT, "max_tokens": 2}).json()
-        long = http.post("/v1/completions", json={"model": MODEL, "prompt": LONG_PROMPT, "max_tokens": 2}).json()
+        # max_tokens above both predictions (the score is capped at it); 2 tokens generated (bench field).
+        body = {"model": MODEL, "max_tokens": 1500, "sluice": {"bench_output_tokens": 2}}
+        short = http.post("/v1/completions", json={**body, "prompt": SHORT_PROMPT}).json()
+        long = http.post("/v1/completions", json={**body, "prompt": LONG_PROMPT}).json()
     assert short["sluice"]["predicted_output_tokens"] < long["sluice"]["predicted_output_tokens"]
     queued_gap = long["sluice"]["score"] - short["sluice"]["score"]
     predicted_gap = long["sluice"]["predicted_output_tokens"] - short["sluice"]["predicted_output_tokens"]
