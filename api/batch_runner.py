@@ -118,6 +118,9 @@ class BatchRunner:
         # batch id -> (failures in a row, monotonic time before which it is left alone).
         self._failures: dict[str, tuple[int, float]] = {}
         self._wake = asyncio.Event()
+        # What a batch line is checked against and built for (the API's own limits).
+        self.served = ServedModel(self.settings.model_name, self.settings.max_model_len,
+                                  self.settings.default_max_tokens)
 
     def wake(self) -> None:
         """Look now (a batch was created or cancelled here), not at the next interval."""
@@ -208,7 +211,7 @@ class BatchRunner:
         return split_lines(content)
 
     async def _parse(self, record: BatchRecord, lines: list[bytes]):
-        served = ServedModel(self.settings.model_name, self.settings.max_model_len, self.settings.default_max_tokens)
+        served = self.served
         return await anyio.to_thread.run_sync(lambda: parse_batch_input(
             lines, endpoint=record.endpoint, tokenize=self.sluice.tokenize, served=served,
             queue_policy=self.sluice.queue_policy))
@@ -258,7 +261,7 @@ class BatchRunner:
         started = time.perf_counter()
         predicted = await self._predicted_length(lines)
         arrival = record.in_progress_at or time.time()
-        served = ServedModel(self.settings.model_name, self.settings.max_model_len, self.settings.default_max_tokens)
+        served = self.served
         policy = self.sluice.queue_policy
         entered = 0
 
@@ -321,9 +324,10 @@ class BatchRunner:
         await self.store.mark(batch_id, allowed=[BatchStatus.cancelling, BatchStatus.finalizing], lane_closed=True)
 
     async def write_files(self, batch_id: str) -> None:
-        record = await self._record(batch_id)
         found = await self.store.get(batch_id)
-        closed = found[1].closed if found else None
+        if found is None:
+            raise TransitionRefused(batch_id, None)
+        record, closed = found[0], found[1].closed
         lines = await self._input_lines(record) or []
         ids = custom_ids(lines) if record.total else {}
         kind = ENDPOINT_KINDS.get(record.endpoint, "chat")
