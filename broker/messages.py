@@ -37,6 +37,10 @@ class GenerationRequest(BaseModel):
     # Benchmarks only (sluice.bench_output_tokens): generate exactly this many tokens.  The queue policy
     # never reads it; it scores by the prediction capped at sampling.max_tokens, the client's cap.
     forced_output_tokens: int | None = None
+    # Who submitted it: the tenant of the API key (None when authentication is off).  Owns the request,
+    # its answer and its events; the lane's fair share is kept per tenant, weighted by the key's weight.
+    tenant: str | None = None
+    tenant_weight: float = Field(1.0, gt=0)
 
     @property
     def followed(self) -> bool:
