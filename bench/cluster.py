@@ -251,7 +251,9 @@ def offline_bound_schedule(setup: "BenchSetup") -> OfflineSchedule:
     )
 
 
-def simulate(policy: str, setup: BenchSetup, progress: bool = False, interactive_only: bool = False) -> tuple[dict, dict]:
+def simulate(policy: str, setup: BenchSetup, progress: bool = False, interactive_only: bool = False,
+             wrap_policy=None) -> tuple[dict, dict]:
+    """One policy over the workload. ``wrap_policy(policy) -> policy`` lets a probe observe its inputs."""
     built = build_workload(setup)
     interactive, batch, horizon = built.interactive, built.batch, built.horizon_s
     if interactive_only:  # same interactive arrivals, no batch, over the arrival window (the trace's peak is in it)
@@ -270,7 +272,9 @@ def simulate(policy: str, setup: BenchSetup, progress: bool = False, interactive
     )
     settings.cold_start_s = setup.scaler.chiron.cold_start_s
     eng = engine(setup.model, setup.gpu, setup.tensor_parallel)
-    chosen = get_policy(policy, schedule=offline_bound_schedule(setup)) if policy == "offline_bound" else policy
+    chosen = get_policy(policy, schedule=offline_bound_schedule(setup)) if policy == "offline_bound" else get_policy(policy)
+    if wrap_policy is not None:
+        chosen = wrap_policy(chosen)
     sim = ClusterSimulation(chosen, setup.scaler, eng, interactive, batch, horizon, settings)
     bar = None
     if progress:
