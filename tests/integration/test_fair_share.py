@@ -58,15 +58,15 @@ def message(request_id: str, score: float) -> str:
                   "headers": {"id": request_id, SCORE_HEADER: score, "lang": "py"}, "properties": {}})
 
 
-def read_clocks(client: redis.Redis, tenant: str) -> FairClock:
-    finish, round_start, round_arrival = client.hmget(keys.fair_clocks_key(LANE), f"finish:{tenant}",
+def read_clocks(client: redis.Redis, lane: str, tenant: str) -> FairClock:
+    finish, round_start, round_arrival = client.hmget(keys.fair_clocks_key(lane), f"finish:{tenant}",
                                                       f"round:{tenant}", f"first:{tenant}")
     return FairClock(None, *(float(value) if value is not None else None for value in (finish, round_start,
                                                                                          round_arrival)))
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_the_enqueue_script_mirrors_the_pure_decision(any_redis_url, seed):
+@pytest.mark.parametrize(("lane", "seed"), [("batch", 1), ("interactive", 2)])
+def test_the_enqueue_script_mirrors_the_pure_decision(any_redis_url, lane, seed):
     client = redis.Redis.from_url(any_redis_url)
     ledger = Ledger(client)
     rng = random.Random(seed)
@@ -76,7 +76,7 @@ def test_the_enqueue_script_mirrors_the_pure_decision(any_redis_url, seed):
     for step in range(400):
         now += rng.expovariate(2.0)
         if model.scores and rng.random() < 0.35:  # a worker takes the lowest score
-            [(member, score)] = client.zpopmin(keys.lane_key(LANE))
+            [(member, score)] = client.zpopmin(keys.lane_key(lane))
             taken = json.loads(member)["headers"]["id"]
             assert score == model.scores.pop(taken) == min([score, *model.scores.values()])
             continue
@@ -89,26 +89,26 @@ def test_the_enqueue_script_mirrors_the_pure_decision(any_redis_url, seed):
                                              "fair_cost_s": ticket.cost_s, "fair_round_s": ticket.round_s}
         entry = LedgerEntry(request_id=request_id, enqueued_at=now, **fields)
         if step % 50 == 49:  # the bulk path: the same script, pipelined
-            items = [(LANE, message(f"{request_id}-{i}", base + i), base + i,
+            items = [(lane, message(f"{request_id}-{i}", base + i), base + i,
                       LedgerEntry(request_id=f"{request_id}-{i}", enqueued_at=now, **fields)) for i in range(20)]
             assert ledger.enqueue_many(items) == [True] * 20
             expected = {f"{request_id}-{i}": model.enqueue(f"{request_id}-{i}", base + i, ticket) for i in range(20)}
         else:
-            assert ledger.enqueue(LANE, message(request_id, base), base, entry)
+            assert ledger.enqueue(lane, message(request_id, base), base, entry)
             expected = {request_id: model.enqueue(request_id, base, ticket)}
         for rid, score in expected.items():
             assert ledger.read(rid).score == score
         if tenant is not None:
-            assert read_clocks(client, tenant) == model.clocks[tenant]
+            assert read_clocks(client, lane, tenant) == model.clocks[tenant]
     # Every message's score header is its lane score (a restored message goes back to its place), and the
     # body's text was not touched.
-    members = client.zrange(keys.lane_key(LANE), 0, -1, withscores=True)
+    members = client.zrange(keys.lane_key(lane), 0, -1, withscores=True)
     assert {json.loads(member)["headers"]["id"]: score for member, score in members} == model.scores
     for member, score in members:
         stored = json.loads(member)
         assert message_score(stored) == score
         assert json.loads(stored["body"])[0][0]["prompt_text"] == '"sluice_score": 1'
-    assert 0 < client.ttl(keys.fair_clocks_key(LANE)) <= 24 * 3600
+    assert 0 < client.ttl(keys.fair_clocks_key(lane)) <= 24 * 3600
     assert sum(1 for _, score in members) == len(model.scores) > 50
 
 

@@ -13,6 +13,7 @@ import pytest
 from broker.fair_share import FairClock, FairShareConfig, FairTicket, decide
 from broker.messages import GenerationRequest, SamplingOptions
 from broker.queue_policies import ScoreInput, SSJFPolicy
+from core.settings import Settings
 
 RATE = 20.0  # tokens per second: the aging rate, the unit of scores
 T0 = 1_800_000_000.0
@@ -185,3 +186,11 @@ def test_the_bound_holds_for_every_request_under_random_arrivals_and_service():
                 if served.tenant in other["oldest"]:
                     other["work"][served.tenant] = other["work"].get(served.tenant, 0.0) + served.cost_s
     assert checks > 500
+
+
+def test_the_api_configuration_comes_from_settings_and_is_off_when_fair_share_is():
+    config = FairShareConfig.from_settings(Settings(ssjf_aging_tokens_per_s=10, ssjf_max_predicted_tokens=500,
+                                                    fair_share_round_tokens=100))
+    assert config == FairShareConfig(tokens_per_s=10, max_cost_tokens=500, round_tokens=100)
+    assert FairShareConfig.from_settings(Settings()).round_tokens == 2048
+    assert FairShareConfig.from_settings(Settings(fair_share=False)) is None
