@@ -12,7 +12,7 @@ import pytest
 
 from broker.fair_share import FairClock, FairShareConfig, FairTicket, decide
 from broker.messages import GenerationRequest, SamplingOptions
-from broker.queue_policies import ScoreInput, SSJFPolicy
+from broker.queue_policies import FCFSPolicy, ScoreInput, SSJFPolicy
 from core.settings import Settings
 
 RATE = 20.0  # tokens per second: the aging rate, the unit of scores
@@ -32,14 +32,15 @@ class Queued:
 class Lane:
     """A sorted set and the fair-share clocks, as the enqueue script keeps them (pure, for the bound)."""
 
-    def __init__(self, round_s: float, fair: bool = True):
+    def __init__(self, round_s: float, fair: bool = True, policy=None):
+        self.policy = policy or SSJFPolicy(aging_tokens_per_s=RATE)
         self.round_s = round_s
         self.fair = fair
         self.queued: list[Queued] = []
         self.clocks: dict[str, FairClock] = {}
 
     def enqueue(self, name: str, tenant: str | None, arrival: float, tokens: float, weight: float = 1.0) -> Queued:
-        base = SSJFPolicy(aging_tokens_per_s=RATE).score(ScoreInput(arrival, predicted_output_tokens=tokens))
+        base = self.policy.score(ScoreInput(arrival, predicted_output_tokens=tokens))
         if tenant is None or not self.fair:
             item = Queued(base, name, tenant, base)
         else:
@@ -194,3 +195,17 @@ def test_the_api_configuration_comes_from_settings_and_is_off_when_fair_share_is
     assert config == FairShareConfig(tokens_per_s=10, max_cost_tokens=500, round_tokens=100)
     assert FairShareConfig.from_settings(Settings()).round_tokens == 2048
     assert FairShareConfig.from_settings(Settings(fair_share=False)) is None
+
+
+def test_under_fcfs_a_flood_does_not_starve_a_later_tenant_and_each_keeps_arrival_order():
+    lane = Lane(round_s=512 / RATE, policy=FCFSPolicy())
+    for i in range(1000):
+        lane.enqueue(f"a{i:04d}", "A", T0 + i * 1e-3, 64)
+    for j in range(10):
+        lane.enqueue(f"b{j:04d}", "B", T0 + 5 + j * 1e-3, 64)
+    order = [lane.pop() for _ in range(len(lane.queued))]
+    last_b = max(index for index, item in enumerate(order) if item.tenant == "B")
+    assert last_b - 9 <= 10 + 2 + 512 / 64
+    for tenant in ("A", "B"):
+        names = [item.name for item in order if item.tenant == tenant]
+        assert names == sorted(names)
