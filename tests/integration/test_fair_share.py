@@ -172,12 +172,16 @@ def test_a_flooding_tenant_does_not_starve_a_later_one(stack):
                    "B's requests to finish")
         app.control.cancel_consumer(LANE, destination=["main@test"], reply=True, timeout=5)
         last_b_started = max(ledger.read(r.request_id).started_at for r in later)
+        last_b_finished = max(ledger.read(r.request_id).finished_at for r in later)
         with client.pipeline(transaction=False) as pipe:
             for request in flood:
-                pipe.hget(keys.request_key(request.request_id), "started_at")
-            started = [float(value) for value in pipe.execute() if value is not None]
-        served_before = sum(1 for at in started if at < last_b_started)
-        print(f"fair share: {served_before} of A's requests started before B's last ({len(started)} in all)")
+                pipe.hmget(keys.request_key(request.request_id), "started_at", "finished_at")
+            times = [(float(start), float(end) if end is not None else math.inf)
+                     for start, end in pipe.execute() if start is not None]
+        served_before = sum(1 for start, _ in times if start < last_b_started)
+        finished_before = sum(1 for _, end in times if end < last_b_finished)
+        print(f"fair share: {served_before} of A's requests started and {finished_before} finished before B's last "
+              f"({len(times)} started in all)")
         # The requests in service when B's last was taken add at most the admission limit.
         assert served_before <= bound + HELD
     finally:
