@@ -33,6 +33,7 @@ from broker.files import FileCatalog, Files, LocalFileStore
 from broker.ledger import AsyncLedger
 from broker.messages import GenerationRequest
 from broker.redelivery import redeliver_from_dead_workers
+from broker.fair_share import FairShareConfig
 from broker.queue_policies import ScoreInput, make_queue_policy, predicts_lengths
 from core.settings import Settings
 from core.redis_clients import async_client, sync_client
@@ -63,7 +64,7 @@ class SluiceAPI:
         self.batches = BatchStore(self.aioredis)
         self.celery = create_app(settings)
         self.enqueuer = Enqueuer(self.celery, self.redis, settings.lane_queue_limits, settings.retry_after_s,
-                                 keep_prompt_text=settings.keep_prompt_text)
+                                 keep_prompt_text=settings.keep_prompt_text, fair_share=FairShareConfig.from_settings(settings))
         self.metrics = Metrics(self.redis, settings.lanes)
         self.queue_policy = make_queue_policy(settings.queue_policy,
                                               aging_tokens_per_s=settings.ssjf_aging_tokens_per_s,

@@ -11,9 +11,9 @@ import redis
 from kombu import serialization
 
 from api.errors import APIError
-from broker.ledger import LEDGER_HEADER, LedgerEntry
+from broker.fair_share import FairShareConfig
+from broker.ledger import LEDGER_HEADER, SCORE_HEADER, LedgerEntry
 from broker.messages import GenerationRequest
-from broker.transport import SCORE_HEADER
 from core import keys
 from core.names import TASK_NAME
 
@@ -30,8 +30,10 @@ DELIVERY_MODE_PERSISTENT = 2
 
 class Enqueuer:
     def __init__(self, celery_app, client: redis.Redis, lane_queue_limits: dict[str, int], retry_after_s: int,
-                 keep_prompt_text: bool = False):
+                 keep_prompt_text: bool = False, fair_share: FairShareConfig | None = None):
         self.keep_prompt_text = keep_prompt_text
+        # Set: a request with a tenant is placed by its tenant's fair share of its lane (broker.fair_share).
+        self.fair_share = fair_share
         self.celery_app = celery_app
         self.client = client
         self.lane_queue_limits = lane_queue_limits
@@ -45,7 +47,7 @@ class Enqueuer:
             # (token ids), which costs a third of a bulk publish's time and doubles each message's size.
             argsrepr=describe(request), kwargsrepr="{}",
             queue=request.slo, routing_key=request.slo, producer=producer,
-            headers={SCORE_HEADER: request.score, LEDGER_HEADER: LedgerEntry.for_request(request).to_header()},
+            headers={SCORE_HEADER: request.score, LEDGER_HEADER: self._entry(request).to_header()},
         )
 
     def enqueue_many(self, requests: list[GenerationRequest]) -> int:
@@ -67,11 +69,14 @@ class Enqueuer:
                         ignore_result=True)
                     content_type, content_encoding, body = serialization.dumps(task.body, serializer="json")
                     headers = {**task.headers, SCORE_HEADER: request.score,
-                               LEDGER_HEADER: LedgerEntry.for_request(request).to_header()}
+                               LEDGER_HEADER: self._entry(request).to_header()}
                     properties = {**task.properties, "delivery_mode": DELIVERY_MODE_PERSISTENT}
                     message = channel.prepare_message(body, None, content_type, content_encoding, headers, properties)
                     channel.basic_publish(message, exchange="", routing_key=request.slo)
         return sum(entered)
+
+    def _entry(self, request: GenerationRequest) -> LedgerEntry:
+        return LedgerEntry.for_request(request, self.fair_share.ticket(request) if self.fair_share else None)
 
     def _payload(self, request: GenerationRequest) -> dict:
         # Prompt text stays in the API (for the predictor's log) unless keeping it is configured.

@@ -58,12 +58,17 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from broker import deadlines
+from broker.fair_share import FairTicket
 from broker.messages import GenerationRequest
 from broker.request_events import EVENT_FIELD, EVENTS_TTL_S, encode_event
 from core import keys
 
 REQUEST_STATE_TTL_S = 24 * 3600
 COMPLETIONS_KEPT = 10_000
+# A lane's fair-share clocks are kept this long after its last tenant request (an idle lane restarts them).
+FAIR_CLOCKS_TTL_S = 24 * 3600
+# The message header that carries a message's lane score (broker.transport reads it back when it restores one).
+SCORE_HEADER = "sluice_score"
 # The publish header that carries a LedgerEntry to the transport (which strips it from the stored message).
 LEDGER_HEADER = "sluice_ledger"
 
@@ -145,6 +150,12 @@ class LedgerEntry:
     expected_tokens: float = 0.0  # predicted output tokens, capped by max_tokens
     arrival_tokens: float = 0.0  # prompt + expected output tokens, for the scaler's arrival rate
     batch_id: str | None = None  # set for a request of a Batch API batch: it counts in the batch's counters
+    # Fair share inside the lane (broker.fair_share): set for a request with a tenant when fair share is on.
+    # The enqueue script then moves the message's score (and its score header) by the tenant's clock.
+    tenant: str | None = None
+    tenant_weight: float = 1.0
+    fair_cost_s: float = 0.0
+    fair_round_s: float = 0.0
 
     def state_ttl_s(self) -> int:
         """How long a queued request's state is kept: a day, and for a request with a deadline a day past it
@@ -155,16 +166,28 @@ class LedgerEntry:
 
     def __post_init__(self):
         # A value Redis rejects half-way through the script would leave half a request: refuse it here.
-        for name in ("enqueued_at", "deadline", "expected_tokens", "arrival_tokens"):
+        for name in ("enqueued_at", "deadline", "expected_tokens", "arrival_tokens", "tenant_weight", "fair_cost_s",
+                     "fair_round_s"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"ledger entry {self.request_id}: {name} is {value}")
 
+    @property
+    def fair_ticket(self) -> FairTicket | None:
+        if self.tenant is None:
+            return None
+        return FairTicket(tenant=self.tenant, weight=self.tenant_weight, arrival=self.enqueued_at,
+                          cost_s=self.fair_cost_s, round_s=self.fair_round_s)
+
     @classmethod
-    def for_request(cls, request: GenerationRequest) -> LedgerEntry:
+    def for_request(cls, request: GenerationRequest, fair: FairTicket | None = None) -> LedgerEntry:
+        """The request's entry; ``fair`` (``FairShareConfig.ticket``) places it by its tenant's fair share."""
         expected = deadlines.expected_tokens(request)
         tracked = request.slo == "batch" and request.deadline is not None
+        fair_fields = {} if fair is None else {"tenant": fair.tenant, "tenant_weight": fair.weight,
+                                               "fair_cost_s": fair.cost_s, "fair_round_s": fair.round_s}
         return cls(
+            **fair_fields,
             request_id=request.request_id,
             enqueued_at=request.enqueued_at,
             deadline=request.deadline,
@@ -203,6 +226,7 @@ def _now(now: float | None) -> float:
 # is read in one HGETALL whatever its size.
 _LUA_COMMON = """
 local EVENT_FIELD = '%s'
+local SCORE_HEADER = '%s'
 local ENDED = {done = true, failed = true, cancelled = true, expired = true}
 
 local function wrong_type(specs)
@@ -263,24 +287,55 @@ local function end_closed(state, counts, closed, now, deadline_requests, deadlin
   set_status(state, counts, closed, 'finished_at', now)
   release_deadline(state, deadline_requests, deadline_tokens)
 end
-""" % EVENT_FIELD
+""" % (EVENT_FIELD, SCORE_HEADER)
 
-# KEYS: lane, state, deadline requests, deadline tokens, arrivals[, batch counts]
+# KEYS: lane, state, deadline requests, deadline tokens, arrivals, the lane's fair-share clocks[, batch counts]
 # ARGV: message, score, lane, enqueued_at, state TTL, deadline, deadline bucket, expected tokens, arrival tokens,
-#       batch id
+#       batch id, tenant ('' for none), tenant weight, fair cost (s), fair round (s), fair clocks TTL
 _ENQUEUE = _LUA_COMMON + """
-local counts = KEYS[6]
+local counts = KEYS[7]
 local wrong = wrong_type(with_counts({KEYS[1], 'zset', KEYS[2], 'hash', KEYS[3], 'hash', KEYS[4], 'hash',
-                                      KEYS[5], 'hash'}, 6))
+                                      KEYS[5], 'hash', KEYS[6], 'hash'}, 7))
 if wrong then return redis.error_reply(wrong) end
 -- A publish retried after its first try reached Redis: the request is in its lane already.  (A batch's
 -- enqueue resumed after its API process died relies on this too: every request enters once.)
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 -- A batch closed while it was being enqueued takes no more requests.
 if counts and redis.call('HEXISTS', counts, 'closed') == 1 then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local message, score = ARGV[1], ARGV[2]
+if ARGV[11] ~= '' then
+  -- Fair share inside the lane: broker.fair_share.decide, line by line.
+  local tenant, arrival, base = ARGV[11], tonumber(ARGV[4]), tonumber(ARGV[2])
+  local weight, cost, round_s = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+  local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  local clock = redis.call('HMGET', KEYS[6], 'finish:' .. tenant, 'round:' .. tenant, 'first:' .. tenant)
+  local finish, round_start, round_arrival = tonumber(clock[1]), tonumber(clock[2]), tonumber(clock[3])
+  local start
+  if #head == 0 then
+    start = arrival
+  elseif not finish then
+    start = tonumber(head[2])
+  else
+    start = math.max(tonumber(head[2]), finish)
+  end
+  local new_finish = start + cost / weight
+  local new_round = start
+  if round_s > 0 then new_round = math.floor(start / round_s) * round_s end
+  local new_arrival = arrival
+  if round_s > 0 and round_start == new_round and round_arrival then new_arrival = round_arrival end
+  local delay = math.max(0, math.min(new_round - new_arrival, start - arrival))
+  score = string.format('%.17g', base + delay)
+  redis.call('HSET', KEYS[6], 'finish:' .. tenant, string.format('%.17g', new_finish),
+             'round:' .. tenant, string.format('%.17g', new_round), 'first:' .. tenant,
+             string.format('%.17g', new_arrival))
+  redis.call('EXPIRE', KEYS[6], ARGV[15])
+  -- The message carries its lane score (broker.transport's score header): a restored or requeued copy goes
+  -- back to this place.  The body is a JSON string (its quotes escaped), so the header is the only match.
+  message = string.gsub(message, '"' .. SCORE_HEADER .. '": [-+.%deE]+', '"' .. SCORE_HEADER .. '": ' .. score, 1)
+end
+redis.call('ZADD', KEYS[1], score, message)
 if counts then redis.call('HINCRBY', counts, 'queued', 1) end
-redis.call('HSET', KEYS[2], 'status', 'queued', 'lane', ARGV[3], 'enqueued_at', ARGV[4], 'score', ARGV[2],
+redis.call('HSET', KEYS[2], 'status', 'queued', 'lane', ARGV[3], 'enqueued_at', ARGV[4], 'score', score,
            'expected_tokens', ARGV[8])
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[2], 'batch', ARGV[10]) end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'deadline', ARGV[6]) end
@@ -448,10 +503,12 @@ def _enqueue_call(queue: str, message: str | bytes, score: float, entry: LedgerE
         raise ValueError(f"ledger entry {entry.request_id}: score is {score}")
     return _Call("enqueue",
                  [keys.lane_key(queue), keys.request_key(entry.request_id), keys.DEADLINE_REQUESTS,
-                  keys.DEADLINE_TOKENS, keys.ARRIVALS, *_counts(entry.batch_id)],
+                  keys.DEADLINE_TOKENS, keys.ARRIVALS, keys.fair_clocks_key(queue), *_counts(entry.batch_id)],
                  [message, repr(float(score)), queue, _number(entry.enqueued_at), entry.state_ttl_s(),
                   _number(entry.deadline), entry.deadline_bucket or "", _number(entry.expected_tokens),
-                  _number(entry.arrival_tokens), entry.batch_id or ""])
+                  _number(entry.arrival_tokens), entry.batch_id or "", entry.tenant or "",
+                  _number(entry.tenant_weight), _number(entry.fair_cost_s), _number(entry.fair_round_s),
+                  FAIR_CLOCKS_TTL_S])
 
 
 def _start_call(request_id: str, worker_id: str, now: float, batch_id: str | None) -> _Call:

@@ -36,10 +36,9 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
-from broker.ledger import LEDGER_HEADER, Ledger, LedgerEntry
+from broker.ledger import LEDGER_HEADER, SCORE_HEADER, Ledger, LedgerEntry
 from core import keys
 
-SCORE_HEADER = "sluice_score"
 HEADROOM_POLL_S = 0.25
 BULK_PUT_REQUESTS = 500  # requests per pipeline of a bulk publish: ~1 MB of messages a round trip  # a full consumer's wait on its headroom lanes alone, before it looks at all lanes again
 

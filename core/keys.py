@@ -6,6 +6,9 @@ PREFIX = "sluice"
 
 # Lanes: one sorted set per Celery queue, member = kombu message JSON, score = schedule position.
 LANE = PREFIX + ":lane:{queue}"
+# Fair share inside a lane (broker.fair_share): per tenant "finish:<t>", "round:<t>", "first:<t>" (its virtual
+# finish tag, its current round's start and the arrival of its first request in that round).
+FAIR_CLOCKS = PREFIX + ":fair:{queue}"
 # kombu ack emulation: delivery_tag -> [message, exchange, routing_key] and delivery_tag -> delivered_at.
 UNACKED = PREFIX + ":unacked"
 UNACKED_INDEX = PREFIX + ":unacked_index"
@@ -63,6 +66,10 @@ BATCH_LEASE = PREFIX + ":batch:{batch_id}:lease"
 
 def lane_key(queue: str) -> str:
     return LANE.format(queue=queue)
+
+
+def fair_clocks_key(queue: str) -> str:
+    return FAIR_CLOCKS.format(queue=queue)
 
 
 def queue_of_lane_key(key: str | bytes) -> str:

@@ -72,6 +72,14 @@ class Settings(BaseSettings):
         20.0, description="Aging: a request is overtaken only by requests arriving < predicted_tokens/this seconds later."
     )
     ssjf_max_predicted_tokens: float = Field(4096.0, description="Cap on the predicted length used in scores.")
+    fair_share: bool = Field(
+        True, description="Fair share inside a lane (broker/fair_share.py): a request with a tenant is placed by its "
+        "tenant's virtual clock, so one tenant's backlog does not starve another's. Requests without a tenant are "
+        "scored by the queue policy alone either way.")
+    fair_share_round_tokens: float = Field(
+        2048.0, ge=0, description="Fair-share round, in tokens of a weight-1 tenant's work: a tenant's requests "
+        "within one round keep the queue policy's order among themselves (SSJF); another tenant waits for at "
+        "most this much more of its work. 0: no rounds (a backlogged tenant's requests in arrival order).")
     predict_lengths: bool | None = Field(
         None, description="Predict output lengths at enqueue, under any policy. Unset: when the policy needs them (ssjf).")
     predictor_registry: Path | None = Field(

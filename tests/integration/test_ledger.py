@@ -123,7 +123,8 @@ def test_a_publish_that_fails_leaves_no_request(any_redis_url, client, broken):
     assert client.keys("sluice:*") == []
 
 
-@pytest.mark.parametrize("broken", [keys.lane_key("batch"), keys.ARRIVALS, keys.DEADLINE_REQUESTS])
+@pytest.mark.parametrize("broken", [keys.lane_key("batch"), keys.ARRIVALS, keys.DEADLINE_REQUESTS,
+                                    keys.fair_clocks_key("batch")])
 def test_the_enqueue_script_checks_every_key_before_its_first_write(client, broken):
     client.set(broken, "corrupt")
     with pytest.raises(redis.ResponseError, match=f"WRONGTYPE {broken} holds a string"):
