@@ -111,6 +111,7 @@ class RequestRecord:
     error: str | None = None
     deadline: float | None = None
     batch_id: str | None = None  # the Batch API batch it belongs to
+    tenant: str | None = None  # the tenant whose API key submitted it: the only one who may read it
 
     @classmethod
     def from_redis(cls, request_id: str, raw: Mapping) -> RequestRecord:
@@ -130,6 +131,7 @@ class RequestRecord:
             error=fields.get("error") or None,
             deadline=_optional_float(fields, "deadline"),
             batch_id=fields.get("batch") or None,
+            tenant=fields.get("tenant") or None,
         )
 
 
@@ -145,6 +147,7 @@ class LedgerEntry:
     expected_tokens: float = 0.0  # predicted output tokens, capped by max_tokens
     arrival_tokens: float = 0.0  # prompt + expected output tokens, for the scaler's arrival rate
     batch_id: str | None = None  # set for a request of a Batch API batch: it counts in the batch's counters
+    tenant: str | None = None  # the owner (the API key's tenant; None with authentication off)
 
     def state_ttl_s(self) -> int:
         """How long a queued request's state is kept: a day, and for a request with a deadline a day past it
@@ -172,6 +175,7 @@ class LedgerEntry:
             expected_tokens=expected,
             arrival_tokens=request.prompt_tokens + expected,
             batch_id=request.batch_id,
+            tenant=request.tenant,
         )
 
     def to_header(self) -> dict:
@@ -267,7 +271,7 @@ end
 
 # KEYS: lane, state, deadline requests, deadline tokens, arrivals[, batch counts]
 # ARGV: message, score, lane, enqueued_at, state TTL, deadline, deadline bucket, expected tokens, arrival tokens,
-#       batch id
+#       batch id, tenant
 _ENQUEUE = _LUA_COMMON + """
 local counts = KEYS[6]
 local wrong = wrong_type(with_counts({KEYS[1], 'zset', KEYS[2], 'hash', KEYS[3], 'hash', KEYS[4], 'hash',
@@ -283,6 +287,7 @@ if counts then redis.call('HINCRBY', counts, 'queued', 1) end
 redis.call('HSET', KEYS[2], 'status', 'queued', 'lane', ARGV[3], 'enqueued_at', ARGV[4], 'score', ARGV[2],
            'expected_tokens', ARGV[8])
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[2], 'batch', ARGV[10]) end
+if ARGV[11] and ARGV[11] ~= '' then redis.call('HSET', KEYS[2], 'tenant', ARGV[11]) end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'deadline', ARGV[6]) end
 if ARGV[7] ~= '' then
   redis.call('HSET', KEYS[2], 'deadline_bucket', ARGV[7])
@@ -451,7 +456,7 @@ def _enqueue_call(queue: str, message: str | bytes, score: float, entry: LedgerE
                   keys.DEADLINE_TOKENS, keys.ARRIVALS, *_counts(entry.batch_id)],
                  [message, repr(float(score)), queue, _number(entry.enqueued_at), entry.state_ttl_s(),
                   _number(entry.deadline), entry.deadline_bucket or "", _number(entry.expected_tokens),
-                  _number(entry.arrival_tokens), entry.batch_id or ""])
+                  _number(entry.arrival_tokens), entry.batch_id or "", entry.tenant or ""])
 
 
 def _start_call(request_id: str, worker_id: str, now: float, batch_id: str | None) -> _Call:
