@@ -205,11 +205,11 @@ def run(host, port, flower_port, worker_count, model_path, no_flower, scaler_pol
     """Start Sluice in the foreground: Redis (or embedded Valkey), API, worker(s), Flower. Ctrl-C stops all."""
     from sluice.runner import RunPlan, StopRequest, run_foreground
 
-    # From here a Ctrl-C only asks to stop: the runner stops what it started, in order, and exits 0.
-    stop = StopRequest()
     settings = build_settings(api_host=host, api_port=port, flower_port=flower_port, model=model_path,
                               **auth_flags(auth, no_auth, auth_insecure))
-    banner = check_auth(settings)
+    banner = check_auth(settings)  # refuses auth=off beyond loopback before anything starts
+    # From here a Ctrl-C only asks to stop: the runner stops what it started, in order, and exits 0.
+    stop = StopRequest()
     ensure_model(settings)
     status = 0 if stop else run_foreground(
         settings, RunPlan(worker_count=worker_count, scaler_policy=scaler_policy, flower=not no_flower), stop,

@@ -57,3 +57,18 @@ def test_ownership():
     acme = ApiKeyRecord(digest="0" * 64, tenant="acme", created_at=0.0)
     assert owns(None, "anyone") and owns(None, None)  # authentication off
     assert owns(acme, "acme") and not owns(acme, "other") and not owns(acme, None)
+
+
+def test_no_auth_beyond_loopback_refuses_to_start_unless_insecure(monkeypatch):
+    from click.testing import CliRunner
+
+    from sluice.cli import auth_flags, main
+
+    for name in ("SLUICE_AUTH", "SLUICE_AUTH_INSECURE", "SLUICE_API_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    refused = CliRunner().invoke(main, ["api", "--host", "0.0.0.0", "--no-auth"])
+    assert refused.exit_code == 1 and "--insecure" in refused.output
+    refused = CliRunner().invoke(main, ["run", "--host", "0.0.0.0", "--auth", "off"])
+    assert refused.exit_code == 1 and "--insecure" in refused.output
+    # Asked twice: the flags make settings that start (the process itself is not started here).
+    assert Settings(api_host="0.0.0.0", **auth_flags(None, True, True)).auth_refusal() is None
