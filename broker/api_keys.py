@@ -74,8 +74,8 @@ class ApiKeyRecord:
                 raise ValueError(f"lanes {list(self.lanes)}: name one or more of {list(SLO_CLASSES)}")
         for name in ("rpm", "tpm"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1 (leave it out for no limit)")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a whole number of at least 1 (leave it out for no limit)")
         if not isinstance(self.admin, bool):
             raise ValueError("admin must be true or false")
         if isinstance(self.weight, bool) or not self.weight > 0:

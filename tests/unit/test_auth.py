@@ -23,7 +23,7 @@ def test_a_new_key_is_well_formed_and_only_its_digest_is_recorded():
     assert record.may_use("batch") and not record.may_use("interactive")
 
 
-@pytest.mark.parametrize("fields", [{"tenant": "a b"}, {"lanes": ("fast",)}, {"rpm": 0}, {"weight": 0},
+@pytest.mark.parametrize("fields", [{"tenant": "a b"}, {"lanes": ("fast",)}, {"rpm": 0}, {"tpm": 1.5}, {"rpm": True}, {"weight": 0},
                                     {"admin": "yes"}])
 def test_bad_key_settings_are_refused(fields):
     with pytest.raises(ValueError):
@@ -72,3 +72,19 @@ def test_no_auth_beyond_loopback_refuses_to_start_unless_insecure(monkeypatch):
     assert refused.exit_code == 1 and "--insecure" in refused.output
     # Asked twice: the flags make settings that start (the process itself is not started here).
     assert Settings(api_host="0.0.0.0", **auth_flags(None, True, True)).auth_refusal() is None
+
+
+def test_owners_round_trip_through_the_records():
+    from broker.batches import BatchRecord
+    from broker.files import FileRecord
+    from broker.ledger import LedgerEntry, RequestRecord
+
+    file = FileRecord(id="file-1", bytes=3, created_at=1.0, filename="a", purpose="batch", owner="acme")
+    assert FileRecord.from_redis(file.to_redis()) == file
+    assert "owner" not in FileRecord(id="f", bytes=0, created_at=1.0, filename="", purpose="batch").to_redis()
+    batch = BatchRecord(id="batch_1", endpoint="/v1/completions", input_file_id="file-1", completion_window="24h",
+                        created_at=1.0, expires_at=2.0, tenant="acme", tenant_weight=2.5)
+    assert BatchRecord.from_redis(batch.to_redis()) == batch
+    entry = LedgerEntry(request_id="r", enqueued_at=1.0, tenant="acme")
+    assert LedgerEntry.from_header(entry.to_header()) == entry
+    assert RequestRecord.from_redis("r", {"status": "queued", "tenant": "acme"}).tenant == "acme"
