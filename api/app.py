@@ -12,10 +12,11 @@ import time
 
 import anyio
 import redis
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from api.auth import Auth, Caller, owns
 from api.admission import SLO_HEADER, build_request, true_length, validate_body
 from api.enqueue import Enqueuer
 from api.errors import APIError, bad_request
@@ -23,6 +24,7 @@ from api.events import EventHub, RequestFailed, RequestTimedOut, WorkerLost, fol
 from api.batch_runner import BatchRunner
 from api.batches import batches_router
 from api.files import files_router
+from api.key_admin import key_admin_router
 from api.metrics import Metrics
 from api.prediction import attach_predictor, record_feedback
 from api.responses import completion_object, finish_reason, usage
@@ -62,6 +64,7 @@ class SluiceAPI:
         self.ledger = AsyncLedger(self.aioredis)  # reads request state (the transport and workers write it)
         self.files = Files(LocalFileStore(settings.files_dir), FileCatalog(self.aioredis))
         self.batches = BatchStore(self.aioredis)
+        self.auth = Auth(settings.auth_enabled, self.aioredis)
         self.celery = create_app(settings)
         self.enqueuer = Enqueuer(self.celery, self.redis, settings.lane_queue_limits, settings.retry_after_s,
                                  keep_prompt_text=settings.keep_prompt_text, fair_share=FairShareConfig.from_settings(settings))
@@ -139,6 +142,8 @@ def create_api(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         sluice = SluiceAPI(settings)
+        log.info("authentication %s (SLUICE_AUTH=%s, listening on %s)", "ON: API keys required"
+                 if sluice.auth.enabled else "off", settings.auth, settings.api_host)
         if sluice.predicts_lengths:
             await attach_predictor(sluice)
         state["sluice"] = sluice
@@ -156,10 +161,19 @@ def create_api(settings: Settings) -> FastAPI:
         await sluice.aioredis.aclose()
 
     app = FastAPI(title="Sluice", version="0.1.0", lifespan=lifespan)
+
+    async def caller(request: Request) -> Caller:
+        return await state["sluice"].auth.caller(request)
+
+    async def admin(request: Request) -> Caller:
+        return await state["sluice"].auth.admin(request)
+
+    who = Depends(caller)
     app.include_router(files_router(settings, lambda: state["sluice"].files,
-                                    lambda file_id: state["sluice"].batches.open_batch_reading(file_id)))
+                                    lambda file_id: state["sluice"].batches.open_batch_reading(file_id), caller))
     app.include_router(batches_router(lambda: state["sluice"].batches, lambda: state["sluice"].files,
-                                      lambda: state["batch_runner"].wake()))
+                                      lambda: state["batch_runner"].wake(), caller))
+    app.include_router(key_admin_router(lambda: state["sluice"].auth.keys, admin))
 
     @app.exception_handler(APIError)
     async def on_api_error(_request: Request, exc: APIError):
@@ -188,15 +202,15 @@ def create_api(settings: Settings) -> FastAPI:
                 "predictor_version": sluice.predictor.version if sluice.predictor else None,
                 "registered_workers": workers}
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[Depends(admin)])
     async def metrics():
         payload = await anyio.to_thread.run_sync(generate_latest, state["sluice"].metrics.registry)
         return Response(payload, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/sluice/requests/{request_id}")
-    async def request_status(request_id: str):
+    async def request_status(request_id: str, me: Caller = who):
         record = await state["sluice"].ledger.read(request_id)
-        if record is None:
+        if record is None or not owns(me, record.tenant):
             raise APIError(404, f"no request {request_id!r} (unknown, or finished more than a day ago)",
                            code="request_not_found")
         reply = {"id": request_id, "status": record.status.value, "slo": record.lane, "attempt": record.attempt}
@@ -206,21 +220,22 @@ def create_api(settings: Settings) -> FastAPI:
             reply["error"] = record.error
         return reply
 
-    @app.get("/v1/scaler/decisions")
+    @app.get("/v1/scaler/decisions", dependencies=[Depends(admin)])
     async def scaler_decisions(limit: int = 50):
         if not 1 <= limit <= DECISIONS_KEPT:
             raise bad_request(f"limit must be between 1 and {DECISIONS_KEPT}", param="limit")
         return {"object": "list", "data": await anyio.to_thread.run_sync(read_decisions, state["sluice"].redis, limit)}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=[who])
     async def models():
         return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": 0,
                                             "owned_by": "sluice", "max_model_len": settings.max_model_len}]}
 
-    async def handle(http_request: Request, model_cls):
+    async def handle(http_request: Request, model_cls, me: Caller):
         sluice = state["sluice"]
         body = await parse(http_request, model_cls)
         request = await sluice.prepare(body, http_request.headers.get(SLO_HEADER))
+        await sluice.auth.admit(me, request)  # its tenant; 403 for a lane the key may not use; 429 over quota
         await sluice.submit(request)
         if "respond-async" in http_request.headers.get("prefer", "").lower():
             # RFC 7240: accepted now, answer fetched later (batch submitters; see sluice.sdk).
@@ -235,12 +250,12 @@ def create_api(settings: Settings) -> FastAPI:
         return await collect(sluice, request)
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(http_request: Request):
-        return await handle(http_request, ChatCompletionRequest)
+    async def chat_completions(http_request: Request, me: Caller = who):
+        return await handle(http_request, ChatCompletionRequest, me)
 
     @app.post("/v1/completions")
-    async def completions(http_request: Request):
-        return await handle(http_request, CompletionRequest)
+    async def completions(http_request: Request, me: Caller = who):
+        return await handle(http_request, CompletionRequest, me)
 
     return app
 

@@ -272,6 +272,8 @@ class BatchRunner:
                 request = line.to_request(served, deadline=record.expires_at, now=now,
                                           request_id=request_id_of(record.id, line.line))
                 request.batch_id = record.id
+                request.tenant = record.tenant  # the batch's owner owns its requests and shares by its weight
+                request.tenant_weight = record.tenant_weight
                 request.predicted_output_tokens = predicted
                 request.score = policy.score(ScoreInput(
                     arrival_time=arrival + line.line * LINE_SPACING_S, predicted_output_tokens=predicted,
@@ -343,13 +345,13 @@ class BatchRunner:
                                          model=self.settings.model_name, closed=closed)
                 (output if good else errors).append(encode_line(line))
         now = time.time()
-        output_id = await self._write(f"{batch_id}_output.jsonl", output, now)
-        error_id = await self._write(f"{batch_id}_error.jsonl", errors, now)
+        output_id = await self._write(f"{batch_id}_output.jsonl", output, now, record.tenant)
+        error_id = await self._write(f"{batch_id}_error.jsonl", errors, now, record.tenant)
         to = ends_as(record)
         await self.store.end(batch_id, to, time.time(), output_id, error_id)
         log.info("batch %s %s: %d answers, %d errors", batch_id, to.value, len(output), len(errors))
 
-    async def _write(self, filename: str, lines: list[bytes], now: float) -> str | None:
+    async def _write(self, filename: str, lines: list[bytes], now: float, owner: str | None) -> str | None:
         if not lines:
             return None
 
@@ -357,5 +359,6 @@ class BatchRunner:
             for start in range(0, len(lines), READ_CHUNK):
                 yield b"".join(lines[start:start + READ_CHUNK])
 
-        written = await self.sluice.files.create(chunks(), filename=filename, purpose="batch_output", now=now)
+        written = await self.sluice.files.create(chunks(), filename=filename, purpose="batch_output", now=now,
+                                                owner=owner)
         return written.id

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
 from api.batch_input import ENDPOINT_BODIES, parse_completion_window
 from api.errors import APIError, bad_request
-from api.files import missing, no_such_file
+from api.auth import Caller, owns
+from api.files import missing, no_auth, owned_file
 from api.listing import limit_param, list_object
 from broker.batches import (CANCELLABLE, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, BatchCounts, BatchRecord, BatchStatus,
                             BatchStore, TransitionRefused, new_batch_id)
@@ -49,12 +50,22 @@ def check_metadata(metadata: object) -> dict | None:
     return metadata
 
 
-def batches_router(store: Callable[[], BatchStore], files: Callable[[], Files], wake: Callable[[], None]) -> APIRouter:
-    """The routes; ``store``, ``files`` and ``wake`` (the batch runner's) come from the running API."""
+def batches_router(store: Callable[[], BatchStore], files: Callable[[], Files], wake: Callable[[], None],
+                   caller: Callable[[Request], Awaitable[Caller]] = no_auth) -> APIRouter:
+    """The routes; ``store``, ``files`` and ``wake`` (the batch runner's) come from the running API; ``caller``
+    resolves the caller's key (api/auth.py)."""
     router = APIRouter()
+    who = Depends(caller)
+
+    async def owned(batch_id: str, me: Caller) -> tuple[BatchRecord, BatchCounts]:
+        """The caller's batch; 404 when there is none, or it is another tenant's."""
+        found = await store().get(batch_id)
+        if found is None or not owns(me, found[0].tenant):
+            raise no_such_batch(batch_id)
+        return found
 
     @router.post("/v1/batches")
-    async def create_batch(request: Request):
+    async def create_batch(request: Request, me: Caller = who):
         try:
             body = json.loads(await request.body())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -73,41 +84,41 @@ def batches_router(store: Callable[[], BatchStore], files: Callable[[], Files], 
         input_file_id = body["input_file_id"]
         if not isinstance(input_file_id, str):
             raise bad_request("input_file_id must be a string", param="input_file_id", code="invalid_value")
-        record = await files().get(input_file_id)
-        if record is None:
-            raise no_such_file(input_file_id)
+        if me is not None and not me.may_use("batch"):
+            raise APIError(403, "This API key may not use the 'batch' lane, where a batch's requests run.",
+                           code="lane_not_allowed")
+        record = await owned_file(files(), input_file_id, me)
         if record.purpose != "batch":
             raise bad_request(f"the file {input_file_id} has purpose {record.purpose!r}; a batch's input file "
                               "must be uploaded with purpose 'batch'", param="input_file_id", code="invalid_value")
         now = time.time()
         batch = BatchRecord(id=new_batch_id(), endpoint=endpoint, input_file_id=input_file_id,
                             completion_window=body["completion_window"], created_at=now, expires_at=now + window_s,
-                            metadata=metadata)
+                            metadata=metadata, tenant=me.tenant if me else None,
+                            tenant_weight=me.weight if me else 1.0)
         await store().create(batch)
         wake()
         return batch.to_openai(BatchCounts())
 
     @router.get("/v1/batches")
-    async def list_batches(request: Request):
+    async def list_batches(request: Request, me: Caller = who):
         query = request.query_params
         limit = limit_param(query, default=LIST_LIMIT_DEFAULT, maximum=LIST_LIMIT_MAX)
         after = query.get("after") or None
         try:
-            page = await store().page(limit=limit, after=after)
+            page = await store().page(limit=limit, after=after, tenant=me.tenant if me else None)
         except UnknownCursor:
             raise bad_request(f"after: no batch {after!r}", param="after", code="invalid_value") from None
         return list_object([record.to_openai(counts) for record, counts in page.batches], page.has_more)
 
     @router.get("/v1/batches/{batch_id}")
-    async def retrieve_batch(batch_id: str):
-        found = await store().get(batch_id)
-        if found is None:
-            raise no_such_batch(batch_id)
-        record, counts = found
+    async def retrieve_batch(batch_id: str, me: Caller = who):
+        record, counts = await owned(batch_id, me)
         return record.to_openai(counts)
 
     @router.post("/v1/batches/{batch_id}/cancel")
-    async def cancel_batch(batch_id: str):
+    async def cancel_batch(batch_id: str, me: Caller = who):
+        await owned(batch_id, me)
         try:
             await store().cancel(batch_id, time.time())
         except TransitionRefused as exc:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 from typing import Awaitable, Callable
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
+from api.auth import Caller, owns, tenant_of
 from api.errors import APIError, bad_request
 from api.listing import limit_param, list_object
 from api.multipart import FilePart, FormField, MultipartError, MultipartReader
@@ -48,17 +49,32 @@ def too_large(limit: int) -> APIError:
                     param="file", code="file_too_large")
 
 
+async def no_auth(_request: Request) -> Caller:
+    return None
+
+
+async def owned_file(files: Files, file_id: str, caller: Caller) -> FileRecord:
+    """The caller's file of that id; 404 when there is none, or it is another tenant's."""
+    record = await files.get(file_id)
+    if record is None or not owns(caller, record.owner):
+        raise no_such_file(file_id)
+    return record
+
+
 def files_router(settings: Settings, files: Callable[[], Files],
-                 used_by: Callable[[str], Awaitable[str | None]] | None = None) -> APIRouter:
+                 used_by: Callable[[str], Awaitable[str | None]] | None = None,
+                 caller: Callable[[Request], Awaitable[Caller]] = no_auth) -> APIRouter:
     """The routes; ``files`` returns the running API's ``Files`` (built at start-up); ``used_by(file_id)`` the
-    open batch that reads the file, if one does (its output is written from it, so it cannot go yet)."""
+    open batch that reads the file, if one does (its output is written from it, so it cannot go yet);
+    ``caller`` the dependency that resolves the caller's key (api/auth.py)."""
     router = APIRouter()
+    who = Depends(caller)
     limits = UploadLimits(settings.batch_file_max_bytes, settings.batch_file_max_lines)
     body_limit = limits.max_bytes + BODY_OVERHEAD_BYTES
     drain_limit = DRAIN_FACTOR * body_limit
 
     @router.post("/v1/files")
-    async def create_file(request: Request):
+    async def create_file(request: Request, me: Caller = who):
         try:
             reader = MultipartReader(request.headers.get("content-type"), request.stream())
         except MultipartError as exc:
@@ -69,7 +85,7 @@ def files_router(settings: Settings, files: Callable[[], Files],
                 await reader.drain(drain_limit)
             raise too_large(limits.max_bytes)  # refused without storing a byte
         try:
-            record = await receive(reader, files())
+            record = await receive(reader, files(), tenant_of(me))
         except ClientDisconnect:
             # Nothing was stored (stage() cleans up) and nobody reads this answer; no traceback for it.
             raise bad_request("the client disconnected during the upload", code="client_disconnected") from None
@@ -84,7 +100,7 @@ def files_router(settings: Settings, files: Callable[[], Files],
             raise
         return record.to_openai()
 
-    async def receive(reader: MultipartReader, files: Files) -> FileRecord:
+    async def receive(reader: MultipartReader, files: Files, owner: str | None) -> FileRecord:
         fields: dict[str, str] = {}
 
         def take(field: FormField) -> None:
@@ -119,10 +135,11 @@ def files_router(settings: Settings, files: Callable[[], Files],
                 raise missing("purpose")
 
         staged = await files.stage(content(), limits)
-        return await files.commit(staged, filename=filename, purpose=fields["purpose"], now=time.time())
+        return await files.commit(staged, filename=filename, purpose=fields["purpose"], now=time.time(),
+                                  owner=owner)
 
     @router.get("/v1/files")
-    async def list_files(request: Request):
+    async def list_files(request: Request, me: Caller = who):
         query = request.query_params
         limit = limit_param(query, default=LIST_LIMIT_MAX, maximum=LIST_LIMIT_MAX)
         order = query.get("order", "desc")
@@ -132,20 +149,18 @@ def files_router(settings: Settings, files: Callable[[], Files],
         after = query.get("after") or None
         try:
             page = await files().page(purpose=query.get("purpose") or None, limit=limit, after=after,
-                                      order=order)
+                                      order=order, owner=tenant_of(me))
         except UnknownCursor:
             raise bad_request(f"after: no file {after!r} in this listing", param="after", code="invalid_value") from None
         return list_object([record.to_openai() for record in page.records], page.has_more)
 
     @router.get("/v1/files/{file_id}")
-    async def retrieve_file(file_id: str):
-        record = await files().get(file_id)
-        if record is None:
-            raise no_such_file(file_id)
-        return record.to_openai()
+    async def retrieve_file(file_id: str, me: Caller = who):
+        return (await owned_file(files(), file_id, me)).to_openai()
 
     @router.get("/v1/files/{file_id}/content")
-    async def file_content(file_id: str):
+    async def file_content(file_id: str, me: Caller = who):
+        await owned_file(files(), file_id, me)
         opened = await files().open(file_id)
         if opened is None:
             raise no_such_file(file_id)
@@ -154,12 +169,13 @@ def files_router(settings: Settings, files: Callable[[], Files],
                                  headers={"Content-Length": str(record.bytes)})
 
     @router.delete("/v1/files/{file_id}")
-    async def delete_file(file_id: str):
+    async def delete_file(file_id: str, me: Caller = who):
+        record = await owned_file(files(), file_id, me)
         batch_id = await used_by(file_id) if used_by is not None else None
         if batch_id is not None:
             raise APIError(409, f"the file is the input of batch {batch_id}, which has not ended; delete it once the "
                            "batch has (or cancel the batch)", param="file_id", code="file_in_use")
-        if not await files().delete(file_id):
+        if not await files().delete(file_id, record.owner):
             raise no_such_file(file_id)
         return {"id": file_id, "object": "file", "deleted": True}
 

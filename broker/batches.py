@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Literal, Mapping
 
 from broker.paging import IndexPager
+from broker.records import hash_fields
 from core import keys
 
 BATCH_RECORD_VERSION = 1
@@ -126,22 +127,14 @@ class BatchRecord:
     expired_at: float | None = None
     cancelling_at: float | None = None
     cancelled_at: float | None = None
+    # The owner: the tenant whose API key created it (None with authentication off), and its fair-share
+    # weight; the batch's requests carry both (GenerationRequest.tenant, .tenant_weight).
+    tenant: str | None = None
+    tenant_weight: float = 1.0
     version: int = BATCH_RECORD_VERSION
 
     def to_redis(self) -> dict[str, str]:
-        out = {}
-        for item in dataclasses.fields(self):
-            value = getattr(self, item.name)
-            if value is None:
-                continue
-            if isinstance(value, enum.Enum):
-                value = value.value
-            elif isinstance(value, dict):
-                value = json.dumps(value)
-            elif isinstance(value, bool):
-                value = int(value)
-            out[item.name] = str(value)
-        return out
+        return hash_fields(self)
 
     @classmethod
     def from_redis(cls, raw: Mapping) -> BatchRecord:
@@ -160,6 +153,7 @@ class BatchRecord:
             lane_closed=fields.get("lane_closed") == "1", ends_as=fields.get("ends_as") or None,
             output_file_id=fields.get("output_file_id") or None, error_file_id=fields.get("error_file_id") or None,
             **{name: number(name) for name in TIMESTAMPS},
+            tenant=fields.get("tenant") or None, tenant_weight=float(fields.get("tenant_weight") or 1.0),
             version=int(fields.get("version", BATCH_RECORD_VERSION)),
         )
 
@@ -254,6 +248,8 @@ class BatchStore:
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(keys.batch_key(record.id), mapping=record.to_redis())
             pipe.zadd(keys.BATCHES, {record.id: record.created_at})
+            if record.tenant is not None:
+                pipe.zadd(keys.batches_index_key(record.tenant), {record.id: record.created_at})
             pipe.zadd(keys.BATCHES_OPEN, {record.id: record.expires_at})
             pipe.hincrby(keys.BATCHES_BY_STATUS, record.status.value, 1)
             await pipe.execute()
@@ -276,9 +272,11 @@ class BatchStore:
                 return batch_id
         return None
 
-    async def page(self, *, limit: int = LIST_LIMIT_DEFAULT, after: str | None = None) -> BatchPage:
-        """Newest first, as OpenAI lists batches.  ``broker.paging.UnknownCursor`` for an unknown ``after``."""
-        ids, has_more = await self._pager.ids(keys.BATCHES, limit=limit, after=after, order="desc")
+    async def page(self, *, limit: int = LIST_LIMIT_DEFAULT, after: str | None = None,
+                   tenant: str | None = None) -> BatchPage:
+        """The batches of ``tenant`` (every batch when None), newest first, as OpenAI lists them.
+        ``broker.paging.UnknownCursor`` for an unknown ``after``."""
+        ids, has_more = await self._pager.ids(keys.batches_index_key(tenant), limit=limit, after=after, order="desc")
         async with self.client.pipeline(transaction=False) as pipe:
             for batch_id in ids:
                 pipe.hgetall(keys.batch_key(batch_id))

@@ -59,6 +59,8 @@ class FileRecord:
     lines: int = 0
     # OpenAI's (deprecated) file status: Sluice has nothing to process after the upload, so "processed".
     status: Literal["uploaded", "processed", "error"] = "processed"
+    # The tenant whose API key uploaded it (a batch's output: the batch's); None with authentication off.
+    owner: str | None = None
     version: int = FILE_RECORD_VERSION
 
     def to_openai(self) -> dict:
@@ -67,7 +69,8 @@ class FileRecord:
                 "expires_at": None, "status_details": None}
 
     def to_redis(self) -> dict[str, str]:
-        return {item.name: str(getattr(self, item.name)) for item in dataclasses.fields(self)}
+        return {item.name: str(getattr(self, item.name)) for item in dataclasses.fields(self)
+                if getattr(self, item.name) is not None}
 
     @classmethod
     def from_redis(cls, raw: Mapping) -> "FileRecord":
@@ -75,6 +78,7 @@ class FileRecord:
         return cls(id=fields["id"], bytes=int(fields["bytes"]), created_at=float(fields["created_at"]),
                    filename=fields.get("filename", ""), purpose=fields["purpose"],
                    lines=int(fields.get("lines", 0)), status=fields.get("status", "processed"),
+                   owner=fields.get("owner") or None,
                    version=int(fields.get("version", FILE_RECORD_VERSION)))
 
 
@@ -96,27 +100,35 @@ class FileCatalog:
             pipe.hset(keys.file_key(record.id), mapping=record.to_redis())
             pipe.zadd(keys.FILES, {record.id: record.created_at})
             pipe.zadd(keys.files_by_purpose_key(record.purpose), {record.id: record.created_at})
+            if record.owner is not None:
+                pipe.zadd(keys.files_index_key(record.owner), {record.id: record.created_at})
+                pipe.zadd(keys.files_index_key(record.owner, record.purpose), {record.id: record.created_at})
             await pipe.execute()
 
     async def get(self, file_id: str) -> FileRecord | None:
         raw = await self.client.hgetall(keys.file_key(file_id))
         return FileRecord.from_redis(raw) if raw else None
 
-    async def remove(self, file_id: str) -> bool:
-        """Forget a file (idempotent); whether it was there."""
+    async def remove(self, file_id: str, owner: str | None = None) -> bool:
+        """Forget a file (idempotent); whether it was there.  ``owner``: its record's, to leave its listing."""
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(keys.file_key(file_id))
             pipe.zrem(keys.FILES, file_id)
             for purpose in PURPOSES:
                 pipe.zrem(keys.files_by_purpose_key(purpose), file_id)
+            if owner is not None:
+                pipe.zrem(keys.files_index_key(owner), file_id)
+                for purpose in PURPOSES:
+                    pipe.zrem(keys.files_index_key(owner, purpose), file_id)
             deleted, *_ = await pipe.execute()
         return bool(deleted)
 
     async def page(self, *, purpose: str | None = None, limit: int = LIST_LIMIT_MAX, after: str | None = None,
-                   order: Literal["asc", "desc"] = "desc") -> FilePage:
+                   order: Literal["asc", "desc"] = "desc", owner: str | None = None) -> FilePage:
+        """A page of the files of ``owner`` (every file's when None)."""
         if purpose is not None and purpose not in PURPOSES:
             return FilePage([], False)  # no file can have it
-        index = keys.FILES if purpose is None else keys.files_by_purpose_key(purpose)
+        index = keys.files_index_key(owner, purpose)
         ids, has_more = await self._pager.ids(index, limit=limit, after=after, order=order)
         async with self.client.pipeline(transaction=False) as pipe:
             for file_id in ids:
@@ -300,13 +312,14 @@ class Files:
         size = await self.store.put(file_id, meter.metered(chunks))
         return StagedFile(file_id, size, meter.lines)
 
-    async def commit(self, staged: StagedFile, *, filename: str, purpose: str, now: float) -> FileRecord:
+    async def commit(self, staged: StagedFile, *, filename: str, purpose: str, now: float,
+                     owner: str | None = None) -> FileRecord:
         """Make staged content a listed file. A failure here deletes the content."""
         try:
             if purpose not in PURPOSES:
                 raise ValueError(f"unknown file purpose {purpose!r}")
             record = FileRecord(id=staged.id, bytes=staged.bytes, created_at=now, filename=filename,
-                                purpose=purpose, lines=staged.lines)
+                                purpose=purpose, lines=staged.lines, owner=owner)
             await self.catalog.add(record)
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -315,9 +328,10 @@ class Files:
         return record
 
     async def create(self, chunks: AsyncIterable[bytes], *, filename: str, purpose: str, now: float,
-                     limits: UploadLimits | None = None) -> FileRecord:
+                     limits: UploadLimits | None = None, owner: str | None = None) -> FileRecord:
         """Store and list a file in one call (what Sluice uses for the files it writes itself)."""
-        return await self.commit(await self.stage(chunks, limits), filename=filename, purpose=purpose, now=now)
+        return await self.commit(await self.stage(chunks, limits), filename=filename, purpose=purpose, now=now,
+                                 owner=owner)
 
     async def get(self, file_id: str) -> FileRecord | None:
         return await self.catalog.get(file_id)
@@ -334,9 +348,9 @@ class Files:
                 return None  # deleted between the two reads
             raise
 
-    async def delete(self, file_id: str) -> bool:
+    async def delete(self, file_id: str, owner: str | None = None) -> bool:
         """Forget the record first (the file disappears at once), then remove the content."""
-        if not await self.catalog.remove(file_id):
+        if not await self.catalog.remove(file_id, owner):
             return False
         await self.store.delete(file_id)
         return True

@@ -116,6 +116,7 @@ class RequestRecord:
     error: str | None = None
     deadline: float | None = None
     batch_id: str | None = None  # the Batch API batch it belongs to
+    tenant: str | None = None  # the tenant whose API key submitted it: the only one who may read it
 
     @classmethod
     def from_redis(cls, request_id: str, raw: Mapping) -> RequestRecord:
@@ -135,6 +136,7 @@ class RequestRecord:
             error=fields.get("error") or None,
             deadline=_optional_float(fields, "deadline"),
             batch_id=fields.get("batch") or None,
+            tenant=fields.get("tenant") or None,
         )
 
 
@@ -150,9 +152,10 @@ class LedgerEntry:
     expected_tokens: float = 0.0  # predicted output tokens, capped by max_tokens
     arrival_tokens: float = 0.0  # prompt + expected output tokens, for the scaler's arrival rate
     batch_id: str | None = None  # set for a request of a Batch API batch: it counts in the batch's counters
+    tenant: str | None = None  # the owner (the API key's tenant; None with authentication off)
     # Fair share inside the lane (broker.fair_share): set for a request with a tenant when fair share is on.
     # The enqueue script then moves the message's score (and its score header) by the tenant's clock.
-    tenant: str | None = None
+    fair: bool = False
     tenant_weight: float = 1.0
     fair_cost_s: float = 0.0
     fair_round_s: float = 0.0
@@ -174,7 +177,7 @@ class LedgerEntry:
 
     @property
     def fair_ticket(self) -> FairTicket | None:
-        if self.tenant is None:
+        if not self.fair or self.tenant is None:
             return None
         return FairTicket(tenant=self.tenant, weight=self.tenant_weight, arrival=self.enqueued_at,
                           cost_s=self.fair_cost_s, round_s=self.fair_round_s)
@@ -184,7 +187,7 @@ class LedgerEntry:
         """The request's entry; ``fair`` (``FairShareConfig.ticket``) places it by its tenant's fair share."""
         expected = deadlines.expected_tokens(request)
         tracked = request.slo == "batch" and request.deadline is not None
-        fair_fields = {} if fair is None else {"tenant": fair.tenant, "tenant_weight": fair.weight,
+        fair_fields = {} if fair is None else {"fair": True, "tenant_weight": fair.weight,
                                                "fair_cost_s": fair.cost_s, "fair_round_s": fair.round_s}
         return cls(
             **fair_fields,
@@ -195,6 +198,7 @@ class LedgerEntry:
             expected_tokens=expected,
             arrival_tokens=request.prompt_tokens + expected,
             batch_id=request.batch_id,
+            tenant=request.tenant,
         )
 
     def to_header(self) -> dict:
@@ -291,7 +295,8 @@ end
 
 # KEYS: lane, state, deadline requests, deadline tokens, arrivals, the lane's fair-share clocks[, batch counts]
 # ARGV: message, score, lane, enqueued_at, state TTL, deadline, deadline bucket, expected tokens, arrival tokens,
-#       batch id, tenant ('' for none), tenant weight, fair cost (s), fair round (s), fair clocks TTL
+#       batch id, tenant ('' for none), tenant weight, fair cost (s), fair round (s), fair clocks TTL,
+#       fair share ('1' to place the request by its tenant's clock)
 _ENQUEUE = _LUA_COMMON + """
 local counts = KEYS[7]
 local wrong = wrong_type(with_counts({KEYS[1], 'zset', KEYS[2], 'hash', KEYS[3], 'hash', KEYS[4], 'hash',
@@ -303,7 +308,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 -- A batch closed while it was being enqueued takes no more requests.
 if counts and redis.call('HEXISTS', counts, 'closed') == 1 then return 0 end
 local message, score = ARGV[1], ARGV[2]
-if ARGV[11] ~= '' then
+if ARGV[16] == '1' then
   -- Fair share inside the lane: broker.fair_share.decide, line by line.
   local tenant, arrival, base = ARGV[11], tonumber(ARGV[4]), tonumber(ARGV[2])
   local weight, cost, round_s = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
@@ -338,6 +343,7 @@ if counts then redis.call('HINCRBY', counts, 'queued', 1) end
 redis.call('HSET', KEYS[2], 'status', 'queued', 'lane', ARGV[3], 'enqueued_at', ARGV[4], 'score', score,
            'expected_tokens', ARGV[8])
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[2], 'batch', ARGV[10]) end
+if ARGV[11] and ARGV[11] ~= '' then redis.call('HSET', KEYS[2], 'tenant', ARGV[11]) end
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'deadline', ARGV[6]) end
 if ARGV[7] ~= '' then
   redis.call('HSET', KEYS[2], 'deadline_bucket', ARGV[7])
@@ -508,7 +514,7 @@ def _enqueue_call(queue: str, message: str | bytes, score: float, entry: LedgerE
                   _number(entry.deadline), entry.deadline_bucket or "", _number(entry.expected_tokens),
                   _number(entry.arrival_tokens), entry.batch_id or "", entry.tenant or "",
                   _number(entry.tenant_weight), _number(entry.fair_cost_s), _number(entry.fair_round_s),
-                  FAIR_CLOCKS_TTL_S])
+                  FAIR_CLOCKS_TTL_S, "1" if entry.fair else ""])
 
 
 def _start_call(request_id: str, worker_id: str, now: float, batch_id: str | None) -> _Call:

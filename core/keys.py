@@ -63,6 +63,17 @@ BATCHES_BY_STATUS = PREFIX + ":batches:by_status"
 # Which API process works on a batch (validate, enqueue, close, finalize): SET NX with an expiry.
 BATCH_LEASE = PREFIX + ":batch:{batch_id}:lease"
 
+# API keys (broker/api_keys.py): one record hash per key, named by the key's SHA-256 (the key itself is never
+# stored), and every key's digest scored by creation time (`sluice keys list`).
+API_KEY = PREFIX + ":apikey:{digest}"
+API_KEYS = PREFIX + ":apikeys"
+# A key's token buckets (broker/quotas.py): requests and tokens, each its level and when it was last filled.
+QUOTA = PREFIX + ":quota:{digest}"
+# A tenant's own files (all, and per purpose) and batches, scored by creation time: what its listings show.
+TENANT_FILES = PREFIX + ":tenant:{tenant}:files"
+TENANT_FILES_BY_PURPOSE = PREFIX + ":tenant:{tenant}:files:purpose:{purpose}"
+TENANT_BATCHES = PREFIX + ":tenant:{tenant}:batches"
+
 
 def lane_key(queue: str) -> str:
     return LANE.format(queue=queue)
@@ -112,3 +123,25 @@ def batch_lease_key(batch_id: str) -> str:
 
 def capacity_key(model: str) -> str:
     return CAPACITY.format(model=model)
+
+
+def api_key_key(digest: str) -> str:
+    return API_KEY.format(digest=digest)
+
+
+def quota_key(digest: str) -> str:
+    return QUOTA.format(digest=digest)
+
+
+def files_index_key(tenant: str | None, purpose: str | None = None) -> str:
+    """The listing index of a tenant's files (every file's when ``tenant`` is None), of one purpose or all."""
+    if tenant is None:
+        return FILES if purpose is None else files_by_purpose_key(purpose)
+    if purpose is None:
+        return TENANT_FILES.format(tenant=tenant)
+    return TENANT_FILES_BY_PURPOSE.format(tenant=tenant, purpose=purpose)
+
+
+def batches_index_key(tenant: str | None) -> str:
+    """The listing index of a tenant's batches (every batch's when ``tenant`` is None)."""
+    return BATCHES if tenant is None else TENANT_BATCHES.format(tenant=tenant)

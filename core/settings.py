@@ -9,6 +9,7 @@ builds its Settings once and passes it down; a child gets its parent's as variab
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from pathlib import Path
 from typing import Literal
@@ -21,6 +22,17 @@ from core.scaler_config import ScalerConfig
 
 QueuePolicyName = Literal["fcfs", "ssjf", "oracle"]
 BatchingMode = Literal["continuous", "dynamic", "none"]
+AuthMode = Literal["auto", "required", "off"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address the API binds is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name, "" or "0.0.0.0"-like wildcards: assume it is reachable from outside
 
 
 class Settings(BaseSettings):
@@ -37,6 +49,11 @@ class Settings(BaseSettings):
     # --- API -----------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    auth: AuthMode = Field(
+        "auto", description="API keys (docs/security.md): auto (required unless the API listens on loopback only), "
+        "required, or off.")
+    auth_insecure: bool = Field(
+        False, description="Allow auth=off on an address beyond loopback (anyone who reaches the port may use it).")
     flower_port: int = 5555
     flower_address: str = "127.0.0.1"
     lane_queue_limits: dict[str, int] = Field(
@@ -147,6 +164,21 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown lane(s) {unknown}; known: {list(SLO_CLASSES)}")
         return lanes
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether the API asks for API keys: `auto` means on unless the API binds loopback only."""
+        if self.auth == "auto":
+            return not is_loopback(self.api_host)
+        return self.auth == "required"
+
+    def auth_refusal(self) -> str | None:
+        """Why the API must not start with these settings (auth off on a public address, not asked twice)."""
+        if self.auth == "off" and not is_loopback(self.api_host) and not self.auth_insecure:
+            return (f"auth is off but the API would listen on {self.api_host!r}, beyond this machine: anyone who "
+                    "reaches the port could use it. Drop --no-auth (keys: `sluice keys create`), bind 127.0.0.1, "
+                    "or add --insecure if that is really meant")
+        return None
 
     @property
     def model_dir(self) -> Path:

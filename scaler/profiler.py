@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 import httpx
@@ -52,7 +53,10 @@ async def run_step(base_url: str, model: str, concurrency: int, step_s: float, m
                              "itl_s": answer["sluice"]["itl_s"], "ttft_s": answer["sluice"]["ttft_s"]})
 
     limits = httpx.Limits(max_connections=concurrency + 4)
-    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as http:
+    # An API that requires keys (docs/security.md): the client-side SLUICE_API_KEY, as the SDK reads it.
+    key = os.environ.get("SLUICE_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits, headers=headers) as http:
         await asyncio.gather(*(client_loop(http) for _ in range(concurrency)))
     return [{**f, "at": f["at"] - (end - step_s)} for f in finished]
 

@@ -97,15 +97,49 @@ def model_init(out: Path | None, force: bool) -> None:
 
 
 # --- processes ---------------------------------------------------------------------
+def auth_options(function):
+    """--auth, --no-auth and --insecure (SLUICE_AUTH, SLUICE_AUTH_INSECURE; docs/security.md)."""
+    for option in (
+        click.option("--insecure", "auth_insecure", is_flag=True, default=False,
+                     help="With --no-auth on an address beyond loopback: yes, really (anyone may use the API)."),
+        click.option("--no-auth", "no_auth", is_flag=True, default=False, help="Same as --auth off."),
+        click.option("--auth", type=click.Choice(["auto", "required", "off"]), default=None,
+                     help="API keys: auto (on unless listening on loopback only; the default), required, off."),
+    ):
+        function = option(function)
+    return function
+
+
+def auth_flags(auth: str | None, no_auth: bool, auth_insecure: bool | None) -> dict:
+    if no_auth and auth not in (None, "off"):
+        raise click.UsageError(f"--no-auth and --auth {auth} disagree")
+    # An unset flag leaves SLUICE_AUTH_INSECURE as it is.
+    return {"auth": "off" if no_auth else auth, "auth_insecure": True if auth_insecure else None}
+
+
+def check_auth(settings: Settings) -> str:
+    """Refuse auth=off beyond loopback (unless --insecure); the banner line that says whether keys are needed."""
+    refusal = settings.auth_refusal()
+    if refusal:
+        raise click.ClickException(refusal)
+    if settings.auth_enabled:
+        return (f"authentication ON: API keys required (Authorization: Bearer ...; make one with `sluice keys "
+                f"create`), SLUICE_AUTH={settings.auth}")
+    return f"authentication OFF (SLUICE_AUTH={settings.auth}, listening on {settings.api_host})"
+
+
 @main.command()
 @click.option("--host", default=None, help="Bind address (SLUICE_API_HOST).")
 @click.option("--port", type=int, default=None, help="API port (SLUICE_API_PORT, default 8000).")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None, help="Local HF model directory.")
-def api(host, port, model_path) -> None:
+@auth_options
+def api(host, port, model_path, auth, no_auth, auth_insecure) -> None:
     """The OpenAI-compatible HTTP API."""
     import uvicorn
 
-    settings = build_settings(api_host=host, api_port=port, model=model_path)
+    settings = build_settings(api_host=host, api_port=port, model=model_path,
+                              **auth_flags(auth, no_auth, auth_insecure))
+    click.echo(check_auth(settings), err=True)
     ensure_model(settings)
     settings.require_redis_url()
     from api.app import create_api
@@ -157,6 +191,7 @@ def flower(port, address) -> None:
 
 
 @main.command()
+@click.option("--host", default=None, help="API bind address (SLUICE_API_HOST, default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="API port (default 8000).")
 @click.option("--flower-port", type=int, default=None, help="Flower port (default 5555).")
 @click.option("--workers", "worker_count", type=int, default=1, show_default=True, help="vLLM workers to start.")
@@ -164,16 +199,21 @@ def flower(port, address) -> None:
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
 @click.option("--scaler", "scaler_policy", type=click.Choice(SCALER_POLICIES), default=None,
               help="Run the autoscaler with this policy; it starts and stops the workers (local actuator).")
-def run(port, flower_port, worker_count, model_path, no_flower, scaler_policy) -> None:
+@auth_options
+def run(host, port, flower_port, worker_count, model_path, no_flower, scaler_policy, auth, no_auth,
+        auth_insecure) -> None:
     """Start Sluice in the foreground: Redis (or embedded Valkey), API, worker(s), Flower. Ctrl-C stops all."""
     from sluice.runner import RunPlan, StopRequest, run_foreground
 
+    settings = build_settings(api_host=host, api_port=port, flower_port=flower_port, model=model_path,
+                              **auth_flags(auth, no_auth, auth_insecure))
+    banner = check_auth(settings)  # refuses auth=off beyond loopback before anything starts
     # From here a Ctrl-C only asks to stop: the runner stops what it started, in order, and exits 0.
     stop = StopRequest()
-    settings = build_settings(api_port=port, flower_port=flower_port, model=model_path)
     ensure_model(settings)
     status = 0 if stop else run_foreground(
-        settings, RunPlan(worker_count=worker_count, scaler_policy=scaler_policy, flower=not no_flower), stop)
+        settings, RunPlan(worker_count=worker_count, scaler_policy=scaler_policy, flower=not no_flower), stop,
+        banner=banner)
     sys.exit(status)
 
 
@@ -245,6 +285,80 @@ def scaler_status(limit, as_json) -> None:
         click.echo(f"  {when} {entry['kind']} {target}: {entry.get('from')} -> {entry.get('to')}: {entry['reason']}")
         for step, why in ((entry.get("inputs") or {}).get("steps") or {}).items():  # chiron: how it got there
             click.echo(f"      {step}: {why}")
+
+
+# --- keys --------------------------------------------------------------------------
+@main.group()
+def keys() -> None:
+    """API keys (docs/security.md), straight in Redis: how the first admin key is made."""
+
+
+def key_store():
+    from broker.api_keys import ApiKeyStore
+    from core.redis_clients import async_client
+
+    return ApiKeyStore(async_client(build_settings().require_redis_url()))
+
+
+def run_store(operation):
+    """Run ``operation(store)`` (a coroutine function) on a fresh store, closing its client."""
+    import asyncio
+
+    async def go():
+        store = key_store()
+        try:
+            return await operation(store)
+        finally:
+            await store.client.aclose()
+
+    return asyncio.run(go())
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="Who the key's requests, files and batches belong to.")
+@click.option("--lanes", default=None, help="Comma-separated lanes it may use (default: all).")
+@click.option("--rpm", type=click.IntRange(min=1), default=None, help="Requests per minute (default: no limit).")
+@click.option("--tpm", type=click.IntRange(min=1), default=None,
+              help="Tokens per minute, a request costing prompt tokens + max_tokens (default: no limit).")
+@click.option("--weight", type=float, default=1.0, show_default=True, help="The tenant's fair-share weight.")
+@click.option("--admin", is_flag=True, help="May manage keys and read /metrics and the scaler's decisions.")
+def keys_create(tenant, lanes, rpm, tpm, weight, admin) -> None:
+    """Make a key and print it, once: only its SHA-256 is stored."""
+    lane_list = [lane.strip() for lane in lanes.split(",") if lane.strip()] if lanes else None
+    try:
+        key, record = run_store(lambda store: store.create(tenant=tenant, now=time.time(), lanes=lane_list, rpm=rpm,
+                                                           tpm=tpm, admin=admin, weight=weight))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"key id {record.key_id} for tenant {tenant}; the key (shown only now):", err=True)
+    click.echo(key)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def keys_list(as_json) -> None:
+    """Every key's id, tenant and grants (never the key)."""
+    records = [record.describe() for record in run_store(lambda store: store.list())]
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+        return
+    for item in records:
+        limits = f"rpm {item['rpm'] or '-'} tpm {item['tpm'] or '-'} weight {item['weight']:g}"
+        click.echo(f"{item['id']}  {item['tenant']:<20} lanes {','.join(item['lanes'] or ['all'])}  {limits}"
+                   f"{'  admin' if item['admin'] else ''}  created {when(item['created_at'])}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id) -> None:
+    """Revoke the key of KEY_ID (from `sluice keys list`): its next request gets 401."""
+    from broker.api_keys import UnknownKeyId
+
+    try:
+        record = run_store(lambda store: store.revoke(key_id))
+    except UnknownKeyId:
+        raise click.ClickException(f"no key with id {key_id!r} (see `sluice keys list`)") from None
+    click.echo(f"revoked {record.key_id} (tenant {record.tenant})")
 
 
 # --- profile -----------------------------------------------------------------------

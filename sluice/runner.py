@@ -63,7 +63,7 @@ class StopRequest:
         return self.signum is not None
 
 
-def run_foreground(settings: Settings, plan: RunPlan, stop: StopRequest) -> int:
+def run_foreground(settings: Settings, plan: RunPlan, stop: StopRequest, banner: str = "") -> int:
     """Start Valkey (unless settings name a Redis) and the children; supervise them until ``stop`` or
     one exits; stop them all. Returns the exit status of `sluice run`: 0 when stopped by a signal."""
     valkey: EmbeddedValkey | None = None
@@ -84,6 +84,8 @@ def run_foreground(settings: Settings, plan: RunPlan, stop: StopRequest) -> int:
         if not stop:
             log.info("Sluice: API http://%s:%d%s  (Ctrl-C stops everything)", settings.api_host, settings.api_port,
                      f"  Flower http://{settings.flower_address}:{settings.flower_port}" if plan.flower else "")
+            if banner:
+                log.info("Sluice: %s", banner)
         status = supervise(children + ([valkey.child] if valkey else []), stop)
     finally:
         for child in reversed(children):

@@ -304,8 +304,12 @@ class AsyncRequestsJob:
 
 
 class SluiceClient:
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", model: str | None = None, timeout_s: float = 60):
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", model: str | None = None, timeout_s: float = 60,
+                 api_key: str | None = None):
+        """``api_key``: sent as ``Authorization: Bearer``; unset, ``SLUICE_API_KEY`` (none: no header)."""
+        api_key = api_key if api_key is not None else os.environ.get("SLUICE_API_KEY")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s, headers=headers)
         self._model = model
         self.batches = Batches(self)
 

@@ -85,7 +85,7 @@ def test_the_enqueue_script_mirrors_the_pure_decision(any_redis_url, lane, seed)
                                                         rng.uniform(0, 200), round_s)
         base = now + rng.uniform(0, 200)
         request_id = f"r{step}"
-        fields = {} if ticket is None else {"tenant": tenant, "tenant_weight": ticket.weight,
+        fields = {} if ticket is None else {"tenant": tenant, "fair": True, "tenant_weight": ticket.weight,
                                              "fair_cost_s": ticket.cost_s, "fair_round_s": ticket.round_s}
         entry = LedgerEntry(request_id=request_id, enqueued_at=now, **fields)
         if step % 50 == 49:  # the bulk path: the same script, pipelined
