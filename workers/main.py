@@ -48,7 +48,7 @@ def run_worker(settings: Settings) -> None:
     gc.freeze()
     # The task and the control command find the runtime on the app they run in (workers.control.runtime_of).
     app.sluice_runtime = runtime
-    heartbeat = Heartbeat(sync_client(settings.redis_url), runtime,
+    heartbeat = Heartbeat(sync_client(settings.redis_url, ride_through_s=settings.redis_ride_through_s), runtime,
                           settings.heartbeat_interval_s, settings.heartbeat_ttl_s)
     # Beat only once Celery consumes and answers control messages: a heartbeat means "ready" to the
     # scaler, the tests and the API, and a control message sent before that would be lost.

@@ -37,13 +37,14 @@ class WorkerRuntime:
         self.preemption_watch = PreemptionWatch(settings, self.inflight, self.admission) if self.preempts else None
         self.batch_watch = BatchWatch(settings, self.inflight)
         self.executor = RequestExecutor(settings, worker_id, self.engine, self.admission, self.inflight,
-                                        Ledger(sync_client(settings.require_redis_url())), self.preempts,
+                                        Ledger(sync_client(settings.require_redis_url(),
+                                                           ride_through_s=settings.redis_ride_through_s)), self.preempts,
                                         self.preemption_watch)
 
     def start(self) -> None:
         """Start the engine (blocks until it is warm) and, on its loop, what runs beside the requests."""
         async def on_loop():
-            client = async_client(self.settings.require_redis_url())
+            client = async_client(self.settings.require_redis_url(), ride_through_s=self.settings.redis_ride_through_s)
             self.executor.start(client)
             if self.preemption_watch is not None:
                 self.preemption_watch.start(client)
