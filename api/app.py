@@ -194,7 +194,7 @@ def create_api(settings: Settings) -> FastAPI:
     async def healthz():
         sluice = state["sluice"]
         try:
-            beats = await read_heartbeats_async(sluice.aioredis)
+            beats = await read_heartbeats_async(sluice.aioredis, starting=True)
         except REDIS_UNAVAILABLE as exc:
             # The API is up and answers (503 + Retry-After on the routes that need Redis) until Redis is back.
             return JSONResponse({"status": "degraded", "redis": "unreachable", "error": str(exc)}, status_code=503,

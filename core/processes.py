@@ -170,3 +170,54 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5, child:
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+# --- children that die with their parent ---------------------------------------------------------
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_pdeathsig_armed: list[tuple[int, int]] = []  # (parent pid, signal) while die_with_this_process() is open
+
+
+def _set_parent_death_signal(signum: int, parent_pid: int) -> None:
+    """In a freshly forked child: have the kernel send ``signum`` when the parent (thread) dies."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):  # not Linux: the group kill in Child.reap is the only safety net
+        return
+    if os.getppid() != parent_pid:  # the parent died between fork and prctl: nobody will signal us
+        os.kill(os.getpid(), signum)
+
+
+def _after_fork_in_child() -> None:
+    if _pdeathsig_armed:
+        parent_pid, signum = _pdeathsig_armed[-1]
+        _set_parent_death_signal(signum, parent_pid)
+
+
+_fork_hook_registered = False
+
+
+class die_with_this_process:
+    """Processes forked (by any library: vLLM's engine core) while this context is open get
+    ``PR_SET_PDEATHSIG``: the kernel kills them when the forking thread's process dies, however it dies
+    (SIGKILL included). Fork from a thread that lives as long as the process (the kernel's "parent" is the
+    forking thread). Processes started by exec-only paths (``subprocess``, the ``spawn`` start method) are
+    not covered: they run no Python fork hooks."""
+
+    def __init__(self, signum: int = signal.SIGKILL):
+        self.signum = signum
+
+    def __enter__(self):
+        global _fork_hook_registered
+        if not _fork_hook_registered:
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _fork_hook_registered = True
+        _pdeathsig_armed.append((os.getpid(), int(self.signum)))
+        return self
+
+    def __exit__(self, *_exc):
+        _pdeathsig_armed.pop()
+        return False
