@@ -125,6 +125,8 @@ class SluiceAPI:
         while True:
             try:
                 await anyio.to_thread.run_sync(redeliver_from_dead_workers, self.redis)
+            except REDIS_UNAVAILABLE as exc:  # an outage: /healthz says so; one line, not a traceback a second
+                log.warning("redelivery sweep skipped: Redis unreachable (%s)", exc)
             except redis.RedisError:
                 log.exception("redelivery sweep failed")
             await asyncio.sleep(self.settings.heartbeat_interval_s)
