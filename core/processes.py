@@ -174,50 +174,21 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5, child:
 
 # --- children that die with their parent ---------------------------------------------------------
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-_pdeathsig_armed: list[tuple[int, int]] = []  # (parent pid, signal) while die_with_this_process() is open
 
 
-def _set_parent_death_signal(signum: int, parent_pid: int) -> None:
-    """In a freshly forked child: have the kernel send ``signum`` when the parent (thread) dies."""
+def die_with_parent(expected_parent_pid: int, signum: int = signal.SIGKILL) -> bool:
+    """Call first thing in a child process: the kernel sends it ``signum`` when its parent dies, however the
+    parent dies (SIGKILL included). "Parent" is the thread that started the child, so start it from a
+    thread that lives as long as the parent process. If the parent is already gone (it died before this
+    call), the signal is sent now. Returns False where prctl is unavailable (not Linux)."""
     import ctypes
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
-            return
-    except (OSError, AttributeError):  # not Linux: the group kill in Child.reap is the only safety net
-        return
-    if os.getppid() != parent_pid:  # the parent died between fork and prctl: nobody will signal us
-        os.kill(os.getpid(), signum)
-
-
-def _after_fork_in_child() -> None:
-    if _pdeathsig_armed:
-        parent_pid, signum = _pdeathsig_armed[-1]
-        _set_parent_death_signal(signum, parent_pid)
-
-
-_fork_hook_registered = False
-
-
-class die_with_this_process:
-    """Processes forked (by any library: vLLM's engine core) while this context is open get
-    ``PR_SET_PDEATHSIG``: the kernel kills them when the forking thread's process dies, however it dies
-    (SIGKILL included). Fork from a thread that lives as long as the process (the kernel's "parent" is the
-    forking thread). Processes started by exec-only paths (``subprocess``, the ``spawn`` start method) are
-    not covered: they run no Python fork hooks."""
-
-    def __init__(self, signum: int = signal.SIGKILL):
-        self.signum = signum
-
-    def __enter__(self):
-        global _fork_hook_registered
-        if not _fork_hook_registered:
-            os.register_at_fork(after_in_child=_after_fork_in_child)
-            _fork_hook_registered = True
-        _pdeathsig_armed.append((os.getpid(), int(self.signum)))
-        return self
-
-    def __exit__(self, *_exc):
-        _pdeathsig_armed.pop()
+        if libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
         return False
+    if os.getppid() != expected_parent_pid:
+        os.kill(os.getpid(), signum)
+    return True

@@ -16,8 +16,8 @@ import threading
 import time
 from typing import Awaitable, Callable
 
-from core.processes import die_with_this_process
 from core.settings import Settings
+from workers import engine_guard
 from workers.engine_stats import EngineState, stat_logger_factory
 
 log = logging.getLogger(__name__)
@@ -83,9 +83,10 @@ class EngineLoop:
             disable_log_stats=False,
             seed=0,
         )
-        # The engine core runs in a process vLLM forks from this thread: it must not outlive the worker.
-        with die_with_this_process():
-            self.llm = AsyncLLM.from_engine_args(args, stat_loggers=[stat_logger_factory(self.state)])
+        # The engine core runs in a process vLLM starts from this thread (which lives as long as the worker):
+        # it must not outlive the worker (workers/engine_guard.py).
+        engine_guard.install()
+        self.llm = AsyncLLM.from_engine_args(args, stat_loggers=[stat_logger_factory(self.state)])
         self.timings["load_s"] = time.time() - started
         await self._warm_up()
         log.info("engine for %s ready in %.1fs", self.settings.model_name, time.time() - started)
