@@ -72,9 +72,10 @@ def test_sluice_run_restarts_a_killed_worker_and_says_so(model_dir, log_dir, tmp
             return 0
     try:
         wait_until(lambda: ready_workers() == 1, 400, "a ready worker", interval=1, process=run)
-        worker = next(p for p in run.descendants() if p.cmdline()[-1:] == ["worker"])
-        engine_side = worker.children(recursive=True)
-        assert engine_side
+        # A direct child of `sluice run` (Celery retitles it: "[celeryd: sluice-<pid>@host:MainProcess] ... (worker)").
+        worker = next(p for p in run.descendants() if p.ppid() == run.pid and "worker" in " ".join(p.cmdline()))
+        engine_side = [p for p in worker.children(recursive=True) if "EngineCore" in p.name()]
+        assert engine_side, [(p.pid, p.name()) for p in worker.children(recursive=True)]
         os.kill(worker.pid, signal.SIGKILL)
         wait_until(lambda: "worker-0 (pid %d) exited with status -9; restarting it now" % worker.pid
                    in run.log_tail(400), 30, "the restart logged", process=run)
