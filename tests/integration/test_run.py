@@ -56,6 +56,7 @@ def test_ctrl_c_stops_sluice_run_cleanly_valkey_last(model_dir, log_dir, tmp_pat
         run.stop()
 
 
+@pytest.mark.timeout(1200)  # two engine starts one after the other (each minutes on a loaded CPU host)
 def test_sluice_run_restarts_a_killed_worker_and_says_so(model_dir, log_dir, tmp_path):
     """A worker SIGKILLed under `sluice run` (as the OOM killer would) is restarted, with a log line; its engine
     process does not outlive it; the stack keeps serving."""
