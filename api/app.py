@@ -11,6 +11,7 @@ import sys
 import time
 
 import anyio
+import kombu.exceptions
 import redis
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -19,8 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api.auth import Auth, Caller, owns
 from api.admission import SLO_HEADER, build_request, true_length, validate_body
 from api.enqueue import Enqueuer
-from api.errors import APIError, bad_request
-from api.events import EventHub, RequestFailed, RequestTimedOut, WorkerLost, follow
+from api.errors import APIError, bad_request, redis_unavailable
+from api.events import EventHub, EventsUnavailable, RequestFailed, RequestTimedOut, WorkerLost, follow
 from api.batch_runner import BatchRunner
 from api.batches import batches_router
 from api.files import files_router
@@ -30,6 +31,7 @@ from api.prediction import attach_predictor, record_feedback
 from api.responses import completion_object, finish_reason, usage
 from api.schemas import ChatCompletionRequest, CompletionRequest
 from broker.decisions import DECISIONS_KEPT, read_decisions
+from broker.heartbeat import read_heartbeats_async
 from broker.batches import BatchStore
 from broker.files import FileCatalog, Files, LocalFileStore
 from broker.ledger import AsyncLedger
@@ -48,6 +50,9 @@ log = logging.getLogger(__name__)
 # a request needs could wait that long, which showed as 13 ms p50 for GET /v1/batches/{id} during an
 # enqueue (`sluice bench batch`).  1 ms keeps the loop responsive at a small cost to the threads.
 GIL_SWITCH_INTERVAL_S = 0.001
+# What "Redis is unreachable" looks like from a route: redis-py's connection errors and timeouts (after the
+# client's own retries), and kombu's error for a publish that failed after its retries.
+REDIS_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, kombu.exceptions.OperationalError)
 
 
 class SluiceAPI:
@@ -60,7 +65,7 @@ class SluiceAPI:
         self.tokenizer = AutoTokenizer.from_pretrained(str(settings.model_dir))
         self.redis = sync_client(settings.require_redis_url())
         self.aioredis = async_client(settings.redis_url)
-        self.events = EventHub(self.aioredis)
+        self.events = EventHub(self.aioredis, outage_s=settings.stream_outage_s)
         self.ledger = AsyncLedger(self.aioredis)  # reads request state (the transport and workers write it)
         self.files = Files(LocalFileStore(settings.files_dir), FileCatalog(self.aioredis))
         self.batches = BatchStore(self.aioredis)
@@ -124,6 +129,8 @@ class SluiceAPI:
         while True:
             try:
                 await anyio.to_thread.run_sync(redeliver_from_dead_workers, self.redis)
+            except REDIS_UNAVAILABLE as exc:  # an outage: /healthz says so; one line, not a traceback a second
+                log.warning("redelivery sweep skipped: Redis unreachable (%s)", exc)
             except redis.RedisError:
                 log.exception("redelivery sweep failed")
             await asyncio.sleep(self.settings.heartbeat_interval_s)
@@ -181,6 +188,17 @@ def create_api(settings: Settings) -> FastAPI:
             state["sluice"].metrics.rejected.labels(str(exc.status)).inc()
         return exc.response()
 
+    async def on_redis_unavailable(request: Request, exc: Exception):
+        # An outage is an expected state: 503 + Retry-After, never 500 (docs/operations.md).
+        log.warning("%s %s: Redis unreachable (%s: %s); answering 503", request.method, request.url.path,
+                    type(exc).__name__, exc)
+        if "sluice" in state:
+            state["sluice"].metrics.rejected.labels("503").inc()
+        return redis_unavailable(settings.retry_after_s).response()
+
+    for error_class in REDIS_UNAVAILABLE:
+        app.add_exception_handler(error_class, on_redis_unavailable)
+
     async def parse(request: Request, model_cls):
         raw = await request.body()
         try:
@@ -193,14 +211,16 @@ def create_api(settings: Settings) -> FastAPI:
     async def healthz():
         sluice = state["sluice"]
         try:
-            await sluice.aioredis.ping()
-        except redis.RedisError as exc:
-            return JSONResponse({"status": "unhealthy", "redis": str(exc)}, status_code=503)
-        workers = await sluice.aioredis.zcard("sluice:workers")
+            beats = await read_heartbeats_async(sluice.aioredis, starting=True)
+        except REDIS_UNAVAILABLE as exc:
+            # The API is up and answers (503 + Retry-After on the routes that need Redis) until Redis is back.
+            return JSONResponse({"status": "degraded", "redis": "unreachable", "error": str(exc)}, status_code=503,
+                                headers={"Retry-After": str(settings.retry_after_s)})
+        starting = sum(1 for beat in beats.values() if beat.state == "starting")
         return {"status": "ok", "model": settings.model_name, "queue_policy": sluice.queue_policy.name,
                 "predicts_lengths": sluice.predicts_lengths,
                 "predictor_version": sluice.predictor.version if sluice.predictor else None,
-                "registered_workers": workers}
+                "registered_workers": len(beats) - starting, "starting_workers": starting}
 
     @app.get("/metrics", dependencies=[Depends(admin)])
     async def metrics():
@@ -276,6 +296,9 @@ async def collect(sluice: SluiceAPI, request: GenerationRequest) -> JSONResponse
     except RequestTimedOut as exc:
         sluice.metrics.requests.labels(request.slo, "timeout").inc()
         raise APIError(504, str(exc), type="timeout_error") from None
+    except EventsUnavailable as exc:
+        sluice.metrics.requests.labels(request.slo, "redis_unavailable").inc()
+        raise redis_unavailable(sluice.settings.retry_after_s, str(exc)) from None
     sluice.on_done(request, record)
     return JSONResponse(completion_object(
         request_id=request.request_id, kind=request.kind, model=request.model, created=int(request.enqueued_at),
@@ -316,7 +339,8 @@ async def stream_events(sluice: SluiceAPI, request: GenerationRequest, include_u
                     yield _sse({"id": request.request_id, "object": obj, "created": created, "model": request.model,
                                 "choices": [], "usage": usage(event)})
                 yield "data: [DONE]\n\n"
-    except (WorkerLost, RequestFailed, RequestTimedOut) as exc:
-        outcome = {WorkerLost: "worker_lost", RequestFailed: "failed", RequestTimedOut: "timeout"}[type(exc)]
+    except (WorkerLost, RequestFailed, RequestTimedOut, EventsUnavailable) as exc:
+        outcome = {WorkerLost: "worker_lost", RequestFailed: "failed", RequestTimedOut: "timeout",
+                   EventsUnavailable: "redis_unavailable"}[type(exc)]
         sluice.metrics.requests.labels(request.slo, outcome).inc()
         yield _sse({"error": {"message": str(exc), "type": "server_error", "param": None, "code": outcome}})

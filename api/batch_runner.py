@@ -131,6 +131,9 @@ class BatchRunner:
         while True:
             try:
                 await self.tick(time.time())
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # An outage (docs/operations.md): /healthz says so; one line per round, not a traceback.
+                log.warning("batch runner: Redis unreachable (%s); trying again", exc)
             except redis.RedisError:
                 log.exception("batch runner: Redis error; trying again")
             with contextlib.suppress(asyncio.TimeoutError):

@@ -23,5 +23,12 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+def redis_unavailable(retry_after_s: int, message: str = "the request queue (Redis) is unreachable; retry later",
+                      ) -> APIError:
+    """503 + Retry-After: what every route answers while Redis is unreachable (docs/operations.md)."""
+    return APIError(503, message, type="server_error", code="redis_unavailable",
+                    headers={"Retry-After": str(retry_after_s)})
+
+
 def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)

@@ -10,6 +10,10 @@ A request whose worker died is redelivered and starts again as a new attempt:
 a follower that has already handed tokens of the old attempt to a client
 cannot rewind them, so it ends with a clear error (:class:`WorkerLost`); one
 that has sent nothing simply follows the new attempt.
+
+A Redis outage is an expected state: the hub keeps each stream's last event id and, once Redis answers
+again, reads on from there, so a follower misses nothing.  A follower whose events have been unreadable
+for ``outage_s`` ends with :class:`EventsUnavailable` (a clear SSE error) instead of waiting on.
 """
 
 from __future__ import annotations
@@ -42,9 +46,19 @@ class RequestTimedOut(Exception):
     pass
 
 
+class EventsUnavailable(Exception):
+    """Redis has been unreachable for too long to keep a client waiting."""
+
+
+def redis_down(error: BaseException) -> bool:
+    return isinstance(error, (redis.ConnectionError, redis.TimeoutError))
+
+
 class EventHub:
-    def __init__(self, client: aioredis.Redis):
+    def __init__(self, client: aioredis.Redis, outage_s: float = 30.0):
         self.client = client
+        self.outage_s = outage_s
+        self.unreachable_since: float | None = None  # monotonic; set while reads fail on a Redis outage
         self.wake_key = f"{keys.PREFIX}:api-wake:{uuid.uuid4().hex}"
         self._followers: dict[str, list] = {}  # stream key -> [last id, queue]
         self._wake_pending = False
@@ -59,7 +73,17 @@ class EventHub:
         if self._wake_pending:
             return
         self._wake_pending = True
-        await self.client.xadd(self.wake_key, {"w": "1"}, maxlen=16, approximate=True)
+        try:
+            await self.client.xadd(self.wake_key, {"w": "1"}, maxlen=16, approximate=True)
+        except redis.RedisError as exc:
+            if not redis_down(exc):
+                raise
+            # Nothing lost: the reader's next round (within READ_BLOCK_MS of Redis being back) reads it too.
+            self._wake_pending = False
+
+    def unreachable_for(self, now: float) -> float:
+        """Seconds the hub has been unable to read from Redis (0 while it reads)."""
+        return 0.0 if self.unreachable_since is None else now - self.unreachable_since
 
     def unsubscribe(self, request_id: str) -> None:
         self._followers.pop(keys.request_events_key(request_id), None)
@@ -71,10 +95,19 @@ class EventHub:
             streams = {self.wake_key: wake_id, **{key: entry[0] for key, entry in self._followers.items()}}
             try:
                 reply = await self.client.xread(streams, count=512, block=READ_BLOCK_MS)
-            except redis.RedisError:
-                log.exception("event hub read failed; retrying")
+            except redis.RedisError as exc:
+                if not redis_down(exc):
+                    log.exception("event hub read failed; retrying")
+                elif self.unreachable_since is None:
+                    self.unreachable_since = time.monotonic()
+                    log.warning("event hub: Redis unreachable (%s); following %d streams from their last event "
+                                "ids once it is back", exc, len(self._followers))
                 await asyncio.sleep(0.5)
                 continue
+            if self.unreachable_since is not None:
+                log.info("event hub: Redis reachable again after %.1f s; streams resumed",
+                         time.monotonic() - self.unreachable_since)
+                self.unreachable_since = None
             for stream, entries in reply or []:
                 stream = stream.decode()
                 if stream == self.wake_key:
@@ -88,7 +121,10 @@ class EventHub:
                     follower[1].put_nowait(decode_event(fields))
 
     async def close(self) -> None:
-        await self.client.delete(self.wake_key)
+        try:
+            await self.client.delete(self.wake_key)
+        except redis.RedisError as exc:  # a stop during an outage; the stream is capped and harmless
+            log.warning("could not delete %s: %s", self.wake_key, exc)
 
 
 async def follow(hub: EventHub, request_id: str, *, timeout_s: float, tokens_sent=lambda: False,
@@ -112,10 +148,24 @@ async def follow(hub: EventHub, request_id: str, *, timeout_s: float, tokens_sen
             try:
                 event = await asyncio.wait_for(queue.get(), min(liveness_check_s, remaining))
             except asyncio.TimeoutError:
-                if worker is None or not tokens_sent() or await hub.client.exists(keys.worker_key(worker)):
+                now = time.monotonic()
+                if hub.unreachable_for(now) >= hub.outage_s:
+                    raise EventsUnavailable(
+                        f"Redis has been unreachable for {hub.unreachable_for(now):.0f} s; the events of request "
+                        f"{request_id} cannot be read (it may still finish: GET /v1/sluice/requests/{request_id})"
+                    ) from None
+                if hub.unreachable_since is not None:
+                    continue  # a worker's heartbeat cannot be read either: wait for Redis before judging it
+                try:
+                    worker_present = (worker is None or not tokens_sent()
+                                      or await hub.client.exists(keys.worker_key(worker)))
+                except redis.RedisError as exc:
+                    if not redis_down(exc):
+                        raise
+                    continue
+                if worker_present:
                     worker_absent_since = None
                     continue
-                now = time.monotonic()
                 if worker_absent_since is None:
                     worker_absent_since = now
                 if now - worker_absent_since >= worker_absent_grace_s:

@@ -27,6 +27,7 @@ WORKER_GAUGES = {
     "inflight": "Requests the worker has admitted.",
     "tokens_per_s": "Generation throughput over the last seconds.",
     "draining": "1 while the worker drains (consumes nothing more, finishes its requests, exits).",
+    "ready_s": "Time to ready: seconds from the worker process's start until it consumed (engine loaded, warm).",
 }
 
 
@@ -53,7 +54,8 @@ class FleetCollector:
         for worker_id, beat in beats.items():
             pools[beat.pool] = pools.get(beat.pool, 0) + 1
             for name, family in families.items():
-                family.add_metric([worker_id, beat.pool], float(getattr(beat, name)))
+                if (value := getattr(beat, name)) is not None:  # ready_s: None from a worker older than it
+                    family.add_metric([worker_id, beat.pool], float(value))
         for pool, count in pools.items():
             alive.add_metric([pool], count)
         yield alive

@@ -55,7 +55,8 @@ class BenchCluster:
 
     def start_worker(self, worker_id: str, *args: str, **env) -> Child:
         process = self.start(worker_id.split("@")[0], ["worker", "--worker-id", worker_id, *args], **env)
-        self.wait(lambda: self.redis.exists(keys.worker_key(worker_id)), 300, f"worker {worker_id}", process)
+        self.wait(lambda: self.redis.hget(keys.worker_key(worker_id), "state") == b"ready", 300,
+                  f"worker {worker_id}", process)
         return process
 
     def start_api(self, name: str = "api", **env) -> tuple[Child, str]:

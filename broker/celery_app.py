@@ -38,10 +38,23 @@ def create_app(settings: Settings) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
+        # A Redis outage is an expected state (docs/operations.md): the worker's consumer reconnects with
+        # Celery's own backoff, forever; a running task is not cancelled when the connection drops.
         broker_connection_retry_on_startup=True,
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
+        broker_channel_error_retry=True,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        # A publish retries briefly (kombu's retry policy), then fails: the API answers 503 + Retry-After.
+        # A retried publish whose first try got through enqueues once (the ledger's enqueue is idempotent).
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,
             "lane_priority": tuple(settings.lanes),
+            # kombu's Redis connection options: ping a connection idle this long before using it.
+            "health_check_interval": 10,
+            "retry_on_timeout": True,
         },
     )
     return app

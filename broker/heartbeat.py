@@ -18,7 +18,9 @@ from typing import Mapping
 
 from core import keys
 
-HEARTBEAT_VERSION = 2
+HEARTBEAT_VERSION = 3
+# A worker beats from the moment it starts: ``starting`` while its engine loads, ``ready`` once it consumes.
+STARTING, READY = "starting", "ready"
 
 
 def _text(value) -> str:
@@ -51,6 +53,10 @@ class WorkerHeartbeat:
     tokens_per_s: float = 0.0
     pid: int = 0
     started_at: float = 0.0
+    # ``starting`` until the engine is warm and Celery consumes; a worker of version 2 or older beat only
+    # once ready, so a missing field reads as ready.
+    state: str = READY
+    ready_s: float | None = None  # time to ready: from the process's start to consuming; None while starting
     updated_at: float = field(default_factory=time.time)
     version: int = HEARTBEAT_VERSION
 
@@ -80,7 +86,7 @@ class WorkerHeartbeat:
             if text is None:
                 continue
             default = item.default if item.default is not dataclasses.MISSING else None
-            if item.name == "itl_s":
+            if item.name in ("itl_s", "ready_s"):
                 values[item.name] = float(text) if text else None
             elif item.name == "lanes":
                 values[item.name] = tuple(lane for lane in text.split(",") if lane)
@@ -126,8 +132,13 @@ def retire_heartbeat(client, worker_id: str) -> None:
         pipe.execute()
 
 
-def read_heartbeats(client, worker_ids=None) -> dict[str, WorkerHeartbeat]:
-    """Live heartbeats (registered workers whose key has not expired), by worker id."""
+def _ready_only(beats: dict[str, WorkerHeartbeat], starting: bool) -> dict[str, WorkerHeartbeat]:
+    return beats if starting else {worker_id: beat for worker_id, beat in beats.items() if beat.state != STARTING}
+
+
+def read_heartbeats(client, worker_ids=None, *, starting: bool = False) -> dict[str, WorkerHeartbeat]:
+    """Live heartbeats (registered workers whose key has not expired), by worker id; those of workers still
+    starting (engine loading: they serve nothing yet) only with ``starting``."""
     if worker_ids is None:
         worker_ids = [_text(w) for w in client.zrange(keys.WORKERS, 0, -1)]
     worker_ids = list(worker_ids)
@@ -137,11 +148,11 @@ def read_heartbeats(client, worker_ids=None) -> dict[str, WorkerHeartbeat]:
         for worker_id in worker_ids:
             pipe.hgetall(keys.worker_key(worker_id))
         replies = pipe.execute()
-    return {worker_id: WorkerHeartbeat.from_redis(raw, worker_id)
-            for worker_id, raw in zip(worker_ids, replies) if raw}
+    return _ready_only({worker_id: WorkerHeartbeat.from_redis(raw, worker_id)
+                        for worker_id, raw in zip(worker_ids, replies) if raw}, starting)
 
 
-async def read_heartbeats_async(client) -> dict[str, WorkerHeartbeat]:
+async def read_heartbeats_async(client, *, starting: bool = False) -> dict[str, WorkerHeartbeat]:
     """:func:`read_heartbeats` on an asyncio client."""
     worker_ids = [_text(w) for w in await client.zrange(keys.WORKERS, 0, -1)]
     if not worker_ids:
@@ -150,5 +161,5 @@ async def read_heartbeats_async(client) -> dict[str, WorkerHeartbeat]:
         for worker_id in worker_ids:
             pipe.hgetall(keys.worker_key(worker_id))
         replies = await pipe.execute()
-    return {worker_id: WorkerHeartbeat.from_redis(raw, worker_id)
-            for worker_id, raw in zip(worker_ids, replies) if raw}
+    return _ready_only({worker_id: WorkerHeartbeat.from_redis(raw, worker_id)
+                        for worker_id, raw in zip(worker_ids, replies) if raw}, starting)

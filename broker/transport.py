@@ -155,9 +155,22 @@ class Channel(kombu_redis.Channel):
         if client:
             yield client
             return
-        if self._shared_client is None or self._shared_client.connection_pool is not self.pool:
+        # A closing or closed channel keeps its client: kombu drops the channel's pool first, and building
+        # one again fails once the connection is gone (a broker connection lost: Celery closes the channel,
+        # and the tasks still running acknowledge their messages on it after the reconnect).
+        if self._shared_client is None or (not (self._closing or self.closed)
+                                           and self._shared_client.connection_pool is not self.pool):
             self._shared_client = self._create_client()
         yield self._shared_client
+
+    @property
+    def do_restore(self) -> bool:
+        """kombu puts a channel's unacknowledged messages back in their lanes when the channel closes, which
+        it also does when the broker connection is lost: a worker would then see requests it is still running
+        redelivered.  A worker's messages are tagged with its id and go back through broker.redelivery once
+        its heartbeat is gone (a clean exit retires it at once), so its channels restore nothing; an untagged
+        consumer keeps kombu's behaviour."""
+        return not self.worker_id
 
     def _q_for_pri(self, queue, pri):
         return keys.lane_key(queue)

@@ -170,3 +170,25 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5, child:
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+# --- children that die with their parent ---------------------------------------------------------
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(expected_parent_pid: int, signum: int = signal.SIGKILL) -> bool:
+    """Call first thing in a child process: the kernel sends it ``signum`` when its parent dies, however the
+    parent dies (SIGKILL included). "Parent" is the thread that started the child, so start it from a
+    thread that lives as long as the parent process. If the parent is already gone (it died before this
+    call), the signal is sent now. Returns False where prctl is unavailable (not Linux)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != expected_parent_pid:
+        os.kill(os.getpid(), signum)
+    return True

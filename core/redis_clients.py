@@ -1,25 +1,65 @@
-"""Redis clients for Sluice processes, with timeouts that survive a CPU-starved host.
+"""Redis clients for Sluice processes, with timeouts that survive a CPU-starved host and retries that
+ride through a Redis outage.
 
 redis-py 8 times a read out after 5 s by default; a worker whose host is busy
 with vLLM steps can miss that and fail a request that was fine.  Sluice waits
 longer and lets callers queue for a connection instead of failing under bursts.
+
+A Redis restart or failover is an expected state (docs/operations.md): every client retries
+connection errors and timeouts with redis-py's own ``Retry`` and capped exponential backoff (with
+jitter), and pings a connection idle for ``HEALTH_CHECK_INTERVAL_S`` before using it.  How long a
+client keeps trying is its caller's choice (``ride_through_s``): a worker rides through a blink so its
+running requests survive; the API's request path gives up fast and answers 503 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
+import math
+
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import EqualJitterBackoff
+from redis.retry import Retry
 
 SOCKET_TIMEOUT_S = 30.0
+HEALTH_CHECK_INTERVAL_S = 10
+BACKOFF_BASE_S = 0.05
+BACKOFF_CAP_S = 1.0
+RETRIED_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+# The API's request path: a few quick tries, then 503 + Retry-After (a client that waits is better served).
+FAIL_FAST_S = 0.5
 
 
-def sync_client(url: str) -> redis.Redis:
+def retry_attempts(ride_through_s: float, base_s: float = BACKOFF_BASE_S, cap_s: float = BACKOFF_CAP_S) -> int:
+    """Retries whose backoff adds up to about ``ride_through_s``: doubling from ``base_s`` up to ``cap_s``,
+    then ``cap_s`` each (the jitter shortens a wait by up to half, so the window is at least half this)."""
+    if ride_through_s <= 0:
+        return 0
+    attempts, total, wait = 0, 0.0, base_s
+    while total < ride_through_s and wait < cap_s:
+        attempts, total, wait = attempts + 1, total + wait, wait * 2
+    return attempts + max(0, math.ceil((ride_through_s - total) / cap_s))
+
+
+def retry_options(ride_through_s: float, *, asynchronous: bool = False) -> dict:
+    """The keyword arguments of a redis-py client (or pool) that retry through an outage."""
+    retry_cls = AsyncRetry if asynchronous else Retry
+    return {
+        "retry": retry_cls(EqualJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), retry_attempts(ride_through_s),
+                           supported_errors=RETRIED_ERRORS),
+        "retry_on_error": list(RETRIED_ERRORS),
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+    }
+
+
+def sync_client(url: str, ride_through_s: float = FAIL_FAST_S) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=10,
-                                health_check_interval=30)
+                                **retry_options(ride_through_s))
 
 
-def async_client(url: str, max_connections: int = 64) -> aioredis.Redis:
+def async_client(url: str, max_connections: int = 64, ride_through_s: float = FAIL_FAST_S) -> aioredis.Redis:
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=SOCKET_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=10, health_check_interval=30)
+        socket_connect_timeout=10, **retry_options(ride_through_s, asynchronous=True))
     return aioredis.Redis(connection_pool=pool)

@@ -62,7 +62,14 @@ class Settings(BaseSettings):
     )
     default_max_tokens: int = Field(256, description="max_tokens when a request names none.")
     request_timeout_s: float = Field(900.0, description="How long the API waits for a request to finish.")
-    retry_after_s: int = Field(2, description="Retry-After sent with 429.")
+    retry_after_s: int = Field(2, description="Retry-After sent with 429, and with 503 while Redis is unreachable.")
+    redis_ride_through_s: float = Field(
+        30.0, ge=0, description="How long workers, the scaler and the API's event reader keep retrying Redis through "
+        "an outage (capped exponential backoff) before an operation fails; the API's request path gives up after "
+        "about half a second and answers 503 (docs/operations.md).")
+    stream_outage_s: float = Field(
+        30.0, gt=0, description="A stream (or a waiting non-streamed request) whose events cannot be read from Redis "
+        "for this long ends with an error instead of waiting on.")
     batch_file_max_bytes: int = Field(
         200 * 1024 * 1024, ge=1, description="Largest file `POST /v1/files` accepts (413 above it).")
     batch_file_max_lines: int = Field(

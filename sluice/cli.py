@@ -240,7 +240,7 @@ def scaler_run(policy, actuator) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     settings = build_settings(scaler_policy=policy, scaler_actuator=actuator)
-    client = sync_client(settings.require_redis_url())
+    client = sync_client(settings.require_redis_url(), ride_through_s=settings.redis_ride_through_s)
     options = {"redis": client}
     if settings.scaler_actuator == "local":
         from sluice.runner import child_env

@@ -4,6 +4,10 @@ Every child, the embedded Valkey included, runs in its own session (core.process
 the terminal reaches only this process. It then stops the children one after another in the reverse
 of their start order: the API (no new requests), the workers or the scaler (in-flight requests
 finish), Flower, and the embedded Valkey last, once nothing talks to it any more.
+
+A child that exits on its own is a crash: the runner logs it, kills what is left of its process group
+(a worker's engine processes), and starts it again, at once or after a backoff; it stops the stack only
+when the child keeps crashing (sluice/supervision.py decides, from the crash history and the time).
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 from core.embedded_valkey import EmbeddedValkey, start_embedded_valkey
 from core.processes import Child, sluice_argv
 from core.settings import Settings, settings_env
+from sluice.supervision import RestartPolicy, restart_decision
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +32,7 @@ class RunPlan:
     worker_count: int = 1
     scaler_policy: str | None = None  # set: the scaler starts and stops the workers (local actuator)
     flower: bool = True
+    restart_policy: RestartPolicy = RestartPolicy()
 
 
 def child_commands(plan: RunPlan) -> list[tuple[str, list[str]]]:
@@ -63,16 +70,34 @@ class StopRequest:
         return self.signum is not None
 
 
+@dataclass
+class Supervised:
+    """A child `sluice run` keeps running: how to start it again, and when it crashed."""
+
+    name: str
+    start: Callable[[], Child]
+    child: Child
+    crashes: list[float] = field(default_factory=list)
+    restart_at: float | None = None  # set while a restart waits out its backoff
+
+    @classmethod
+    def started(cls, name: str, start: Callable[[], Child]) -> "Supervised":
+        return cls(name, start, start())
+
+
 def run_foreground(settings: Settings, plan: RunPlan, stop: StopRequest, banner: str = "") -> int:
     """Start Valkey (unless settings name a Redis) and the children; supervise them until ``stop`` or
     one exits; stop them all. Returns the exit status of `sluice run`: 0 when stopped by a signal."""
     valkey: EmbeddedValkey | None = None
-    children: list[Child] = []
+    children: list[Supervised] = []
     status = 0
     try:
         if not settings.redis_url:
             valkey = start_embedded_valkey(settings.data_dir / "valkey")
             settings = settings.model_copy(update={"redis_url": valkey.connection_url + "/0"})
+            # Restarted on the same port and files (append-only: the queues survive its crash).
+            valkey_supervised = Supervised(
+                "valkey", lambda: start_embedded_valkey(valkey.data_dir, valkey.port).child, valkey.child)
         log.info("Redis at %s", settings.redis_url)
         env = child_env(settings)
         for name, args in child_commands(plan):
@@ -80,30 +105,60 @@ def run_foreground(settings: Settings, plan: RunPlan, stop: StopRequest, banner:
                 break
             argv = sluice_argv(*args)
             log.info("starting %s: %s", name, " ".join(argv))
-            children.append(Child(name, argv, env=env))
+            children.append(Supervised.started(name, lambda name=name, argv=argv: Child(name, argv, env=env)))
         if not stop:
             log.info("Sluice: API http://%s:%d%s  (Ctrl-C stops everything)", settings.api_host, settings.api_port,
                      f"  Flower http://{settings.flower_address}:{settings.flower_port}" if plan.flower else "")
             if banner:
                 log.info("Sluice: %s", banner)
-        status = supervise(children + ([valkey.child] if valkey else []), stop)
+        status = supervise(children + ([valkey_supervised] if valkey else []), stop, plan.restart_policy)
     finally:
-        for child in reversed(children):
-            if child.alive():
-                log.info("stopping %s (pid %d)", child.name, child.pid)
-            child.stop(timeout=30.0)
+        for entry in reversed(children):
+            if entry.child.alive():
+                log.info("stopping %s (pid %d)", entry.name, entry.child.pid)
+            entry.child.stop(timeout=30.0)
         if valkey is not None:
             log.info("stopping the embedded Valkey")
-            valkey.stop()
+            valkey_supervised.child.stop(timeout=10.0)  # SIGTERM: Valkey flushes its append-only file
     return status
 
 
-def supervise(children: list[Child], stop: StopRequest, interval_s: float = 0.5) -> int:
-    """Block until ``stop`` (0) or a child exits (1)."""
+def supervise(children: list[Supervised], stop: StopRequest, policy: RestartPolicy = RestartPolicy(),
+              interval_s: float = 0.5, clock: Callable[[], float] = time.monotonic) -> int:
+    """Restart crashed children until ``stop`` (returns 0) or one crashes too often (returns 1)."""
     while not stop:
-        exited = next((child for child in children if not child.alive()), None)
-        if exited is not None:
-            log.error("%s exited with status %s; stopping the rest", exited.name, exited.returncode)
-            return 1
+        now = clock()
+        for entry in children:
+            if entry.restart_at is not None:
+                if now >= entry.restart_at:
+                    restart(entry)
+                continue
+            if entry.child.alive():
+                continue
+            entry.crashes.append(now)
+            # What is left of its process group goes first (a worker's engine processes, whatever killed it).
+            entry.child.kill()
+            decision = restart_decision(entry.crashes, now, policy)
+            if decision.action == "give_up":
+                log.error("%s exited with status %s: %s; giving up and stopping the rest", entry.name,
+                          entry.child.returncode, decision.reason)
+                return 1
+            log.warning("%s (pid %d) exited with status %s; restarting it %s (%s)", entry.name, entry.child.pid,
+                        entry.child.returncode, f"in {decision.delay_s:.0f} s" if decision.delay_s else "now",
+                        decision.reason)
+            entry.restart_at = now + decision.delay_s
+            if decision.delay_s == 0:
+                restart(entry)
         time.sleep(interval_s)
     return 0
+
+
+def restart(entry: Supervised) -> None:
+    entry.restart_at = None
+    try:
+        entry.child = entry.start()
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        # Counted as another crash at the next look (the old child is still the dead one).
+        log.error("could not restart %s: %s", entry.name, exc)
+        return
+    log.info("restarted %s (pid %d)", entry.name, entry.child.pid)

@@ -17,6 +17,7 @@ import time
 from typing import Awaitable, Callable
 
 from core.settings import Settings
+from workers import engine_guard
 from workers.engine_stats import EngineState, stat_logger_factory
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ class EngineLoop:
         self.settings = settings
         self.state = EngineState()  # written by vLLM's stat logger (on the loop), read by the heartbeat
         self.llm = None  # the AsyncLLM, once started; used on the loop only
+        self.timings: dict[str, float] = {}  # load_s, warm_up_s: what start-up spent where (time to ready)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sluice-engine-loop", daemon=True)
 
@@ -81,7 +83,11 @@ class EngineLoop:
             disable_log_stats=False,
             seed=0,
         )
+        # The engine core runs in a process vLLM starts from this thread (which lives as long as the worker):
+        # it must not outlive the worker (workers/engine_guard.py).
+        engine_guard.install()
         self.llm = AsyncLLM.from_engine_args(args, stat_loggers=[stat_logger_factory(self.state)])
+        self.timings["load_s"] = time.time() - started
         await self._warm_up()
         log.info("engine for %s ready in %.1fs", self.settings.model_name, time.time() - started)
 
@@ -98,4 +104,5 @@ class EngineLoop:
         async for _ in self.llm.generate(TokensPrompt(prompt_token_ids=[1, 2, 3, 4]),
                                          SamplingParams(max_tokens=4, ignore_eos=True), request_id="sluice-warmup"):
             pass
-        log.info("engine warm-up took %.2fs", time.time() - started)
+        self.timings["warm_up_s"] = time.time() - started
+        log.info("engine warm-up took %.2fs", self.timings["warm_up_s"])

@@ -48,6 +48,11 @@ class Heartbeat:
         if not self._stopped.is_set():
             self._wake.set()
 
+    def beat_soon(self) -> None:
+        """Beat now (off schedule) on the heartbeat thread: a change worth telling at once (ready)."""
+        if not self._stopped.is_set():
+            self._wake.set()
+
     def _run(self) -> None:
         last = time.monotonic()
         while not self._stopped.is_set():
@@ -65,8 +70,9 @@ class Heartbeat:
             try:
                 self.beat()
                 redeliver_from_dead_workers(self.client)
-            except redis.RedisError:
-                log.exception("heartbeat failed")
+            except redis.RedisError as exc:
+                # After the client's own retries (redis_ride_through_s): keep beating, Redis may come back.
+                log.error("heartbeat failed: %s: %s", type(exc).__name__, exc)
 
     def start(self) -> None:
         if self._thread.is_alive():

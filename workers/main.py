@@ -42,17 +42,28 @@ def run_worker(settings: Settings) -> None:
     app.conf.broker_transport_options = {**app.conf.broker_transport_options, **transport_options}
     app.steps["consumer"].add(AttachConsumer)
 
-    runtime.start()
+    heartbeat = Heartbeat(sync_client(settings.redis_url, ride_through_s=settings.redis_ride_through_s), runtime,
+                          settings.heartbeat_interval_s, settings.heartbeat_ttl_s)
+    # The worker registers as ``starting`` before its engine loads (/healthz counts it apart; readers of the
+    # fleet skip it), and says ``ready`` only once Celery consumes and answers control messages: "ready"
+    # is what the scaler, the tests and the API wait for, and a control message sent before would be lost.
+    heartbeat.start()
+    try:
+        runtime.start()
+    except BaseException:
+        heartbeat.stop()
+        raise
     # Everything loaded so far (torch, vLLM, the model config) lives as long as the process: out of
     # the garbage collector's full passes, which would otherwise walk it all, stalling the process.
     gc.freeze()
     # The task and the control command find the runtime on the app they run in (workers.control.runtime_of).
     app.sluice_runtime = runtime
-    heartbeat = Heartbeat(sync_client(settings.redis_url), runtime,
-                          settings.heartbeat_interval_s, settings.heartbeat_ttl_s)
-    # Beat only once Celery consumes and answers control messages: a heartbeat means "ready" to the
-    # scaler, the tests and the API, and a control message sent before that would be lost.
-    worker_ready.connect(lambda **_: heartbeat.start(), weak=False)
+
+    def on_ready(**_):
+        runtime.mark_ready()
+        heartbeat.beat_soon()
+
+    worker_ready.connect(on_ready, weak=False)
     # A warm shutdown (SIGTERM, as every actuator drains a worker, or Ctrl-C) stops consuming at once and
     # waits for the requests in flight: the heartbeat says "draining" from this moment until the exit.
     worker_shutting_down.connect(lambda **_: heartbeat.drain(), weak=False)

@@ -13,7 +13,11 @@ from __future__ import annotations
 import os
 import time
 
-from broker.heartbeat import WorkerHeartbeat
+import logging
+
+import psutil
+
+from broker.heartbeat import READY, STARTING, WorkerHeartbeat
 from broker.ledger import Ledger
 from core.redis_clients import async_client, sync_client
 from core.settings import Settings
@@ -24,12 +28,17 @@ from workers.execution import RequestExecutor
 from workers.inflight import InflightRequests
 from workers.preemption import PreemptionWatch, worker_preempts
 
+log = logging.getLogger(__name__)
+
 
 class WorkerRuntime:
     def __init__(self, settings: Settings, worker_id: str):
         self.settings = settings
         self.worker_id = worker_id
-        self.started_at = time.time()
+        # Time to ready counts from the process's start (interpreter, imports), not from this object's.
+        self.started_at = psutil.Process().create_time()
+        self.state = STARTING
+        self.ready_s: float | None = None
         self.preempts = worker_preempts(settings.preemption, settings.worker_pool, settings.worker_lanes)
         self.engine = EngineLoop(settings)
         self.admission = Admission(settings, self.engine.call_soon)
@@ -37,19 +46,30 @@ class WorkerRuntime:
         self.preemption_watch = PreemptionWatch(settings, self.inflight, self.admission) if self.preempts else None
         self.batch_watch = BatchWatch(settings, self.inflight)
         self.executor = RequestExecutor(settings, worker_id, self.engine, self.admission, self.inflight,
-                                        Ledger(sync_client(settings.require_redis_url())), self.preempts,
+                                        Ledger(sync_client(settings.require_redis_url(),
+                                                           ride_through_s=settings.redis_ride_through_s)), self.preempts,
                                         self.preemption_watch)
 
     def start(self) -> None:
         """Start the engine (blocks until it is warm) and, on its loop, what runs beside the requests."""
         async def on_loop():
-            client = async_client(self.settings.require_redis_url())
+            client = async_client(self.settings.require_redis_url(), ride_through_s=self.settings.redis_ride_through_s)
             self.executor.start(client)
             if self.preemption_watch is not None:
                 self.preemption_watch.start(client)
             self.batch_watch.start(client)
 
         self.engine.start(then=on_loop)
+
+    def mark_ready(self) -> None:
+        """Celery consumes (the engine is warm): from now on the heartbeat says ``ready``."""
+        if self.state == READY:
+            return
+        self.ready_s = round(time.time() - self.started_at, 2)
+        self.state = READY
+        timings = self.engine.timings
+        log.info("worker %s ready in %.1f s after its process started (engine load %.1f s, warm-up %.1f s)",
+                 self.worker_id, self.ready_s, timings.get("load_s", float("nan")), timings.get("warm_up_s", float("nan")))
 
     def stop(self) -> None:
         self.engine.stop()
@@ -82,5 +102,7 @@ class WorkerRuntime:
             tokens_per_s=round(self.engine.state.tokens_per_second(), 2),
             pid=os.getpid(),
             started_at=self.started_at,
+            state=self.state,
+            ready_s=self.ready_s,
             updated_at=time.time(),
         )

@@ -53,8 +53,9 @@ class Stack:
 
     def start_worker(self, worker_id: str, **extra_env) -> Process:
         process = self.start(worker_id.split("@")[0], ["worker", "--worker-id", worker_id], **extra_env)
-        # This process's heartbeat (its pid), not that of a leftover worker with the same id.
-        wait_until(lambda: self.redis.hget(keys.worker_key(worker_id), "pid") == str(process.pid).encode(), 240,
+        # This process's heartbeat (its pid), not that of a leftover worker with the same id, saying ready.
+        wait_until(lambda: self.redis.hmget(keys.worker_key(worker_id), "pid", "state")
+                   == [str(process.pid).encode(), b"ready"], 240,
                    f"worker {worker_id} heartbeat", interval=0.5, process=process)
         return process
 
