@@ -13,15 +13,17 @@ import time
 
 import pytest
 import redis
-
 from kombu.utils.encoding import bytes_to_str
 
+from api.enqueue import Enqueuer
 from broker.celery_app import create_app
+from broker.messages import GenerationRequest, SamplingOptions
 from broker.transport import SCORE_HEADER
 from core import keys
 from core.redis_clients import async_client, sync_client
 from core.settings import Settings
 from tests.conftest import ROOT, wait_until
+from tests.integration.conftest import enqueue_direct
 from tests.sentinel_group import SentinelGroup
 
 pytestmark = pytest.mark.integration
@@ -147,3 +149,41 @@ def test_broker_continues_on_the_promoted_replica_under_load(group, tmp_path):
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait(5)
+
+
+def _wait_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+
+
+def test_enqueue_waits_for_a_replica_and_says_when_none_answered(group, caplog):
+    """With enqueue_wait_replicas=1 each request publish (one WAIT) and each pipeline of a bulk publish (one
+    WAIT for all) is on the replica when it returns; with the replica gone the enqueue still returns, the
+    request stays queued on the master, and a warning says it is on the master only."""
+    url = group.url()
+    settings = Settings(redis_url=url, enqueue_wait_replicas=1, enqueue_wait_timeout_ms=300)
+    app = create_app(settings)
+    client = sync_client(url)
+    master, replica = redis.Redis(port=group.master_port), redis.Redis(port=group.replica_port)
+    enqueuer = Enqueuer(app, client, {"interactive": 100}, 1)
+    try:
+        waits = _wait_calls(master)
+        for index in range(3):
+            request = enqueue_direct(enqueuer, f"w-{index}", "interactive", float(index), 4, model="m")
+            # Read from the replica itself, right after the enqueue returned.
+            assert replica.exists(keys.request_key(request.request_id)), index
+        assert _wait_calls(master) - waits == 3
+
+        bulk = [GenerationRequest(request_id=f"bulk-{index}", model="m", kind="completion",
+                                  prompt_token_ids=[1, 2, 3], slo="batch", sampling=SamplingOptions(max_tokens=4),
+                                  enqueued_at=time.time(), score=float(index)) for index in range(10)]
+        waits = _wait_calls(master)
+        assert enqueuer.enqueue_many(bulk) == 10
+        assert _wait_calls(master) - waits == 1 and replica.zcard(keys.lane_key("batch")) == 10
+        assert not [record for record in caplog.records if "replicas within" in record.getMessage()]
+
+        group.servers[group.replica_port].kill()
+        request = enqueue_direct(enqueuer, "alone", "interactive", 9.0, 4, model="m")
+        assert master.exists(keys.request_key(request.request_id))
+        assert [record for record in caplog.records if "reached 0 of 1 replicas" in record.getMessage()]
+    finally:
+        app.close()
