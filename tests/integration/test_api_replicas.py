@@ -1,5 +1,6 @@
 """Several API replicas on one Redis (docs/operations.md, "Several API replicas"): a request accepted by
-one is polled, streamed and answered through another; SIGKILL of a replica loses no accepted request,
+one is polled, streamed and answered through another, a batch created on one is cancelled through
+another; SIGKILL of a replica loses no accepted request,
 and its batches go on under the others."""
 
 from __future__ import annotations
@@ -84,6 +85,18 @@ def test_a_request_submitted_to_one_replica_is_polled_and_streamed_through_anoth
     # Unknown ids: 404 on every replica, with an OpenAI-style error.
     missing = b.http.get("/v1/sluice/requests/no-such-request/events")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "request_not_found"
+
+
+def test_a_batch_created_on_one_replica_is_cancelled_through_another(replicas):
+    a, b = replicas
+    model = model_of(a)
+    openai_a, openai_b = client_for(a.base_url), client_for(b.base_url)
+    lines = [chat_line(f"c-{index}", model, max_tokens=16) for index in range(200)]
+    batch = openai_a.batches.create(input_file_id=upload(openai_a, lines).id, endpoint="/v1/chat/completions",
+                                    completion_window="24h")
+    assert openai_b.batches.cancel(batch.id).status in ("cancelling", "cancelled")
+    ended = wait_for_status(openai_a, batch.id, ("cancelled",), 120)
+    assert ended.request_counts.completed < len(lines)
 
 
 def test_killing_a_replica_loses_no_accepted_request_and_its_batch_goes_on(stack, replicas):
