@@ -20,15 +20,13 @@ from redis.sentinel import Sentinel
 from core.redis_urls import is_sentinel_url, parse_sentinel_url
 
 SOCKET_TIMEOUT_S = 30.0
-CONNECT_TIMEOUT_S = 10
-HEALTH_CHECK_INTERVAL_S = 30
 
 
 def sync_client(url: str) -> redis.Redis:
     if is_sentinel_url(url):
         return _sentinel_master(url, Sentinel, redis.Redis)
-    return redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=CONNECT_TIMEOUT_S,
-                                health_check_interval=HEALTH_CHECK_INTERVAL_S)
+    return redis.Redis.from_url(url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=10,
+                                health_check_interval=30)
 
 
 class _BlockingSentinelPool(AsyncSentinelConnectionPool, aioredis.BlockingConnectionPool):
@@ -42,15 +40,16 @@ def async_client(url: str, max_connections: int = 64) -> aioredis.Redis:
                                 max_connections=max_connections, timeout=SOCKET_TIMEOUT_S)
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=SOCKET_TIMEOUT_S, socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S, health_check_interval=HEALTH_CHECK_INTERVAL_S)
+        socket_connect_timeout=10, health_check_interval=30)
     return aioredis.Redis(connection_pool=pool)
 
 
 def _sentinel_master(url: str, sentinel_class, redis_class, **pool_kwargs):
     parsed = parse_sentinel_url(url)
-    timeouts = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S}
+    # The same options as the plain clients above (keep the two in step).
+    timeouts = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": 10}
     # Sentinels answer at once or not at all: a short timeout moves on to the next one quickly.
     sentinel_kwargs = {"socket_timeout": 2, "socket_connect_timeout": 2, **parsed.sentinel_kwargs()}
     sentinel = sentinel_class(list(parsed.sentinels), sentinel_kwargs=sentinel_kwargs, **timeouts)
-    return sentinel.master_for(parsed.service_name, redis_class=redis_class, health_check_interval=
-                               HEALTH_CHECK_INTERVAL_S, **timeouts, **parsed.master_kwargs(), **pool_kwargs)
+    return sentinel.master_for(parsed.service_name, redis_class=redis_class, health_check_interval=30,
+                               **timeouts, **parsed.master_kwargs(), **pool_kwargs)
