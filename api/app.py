@@ -240,6 +240,19 @@ def create_api(settings: Settings) -> FastAPI:
             reply["error"] = record.error
         return reply
 
+    @app.get("/v1/sluice/requests/{request_id}/events")
+    async def request_events(request_id: str, me: Caller = who):
+        """The request's events as server-sent events, from its first (``start``, ``delta``..., then
+        ``done`` or ``error``; ``data: [DONE]`` at the end): any API replica can follow a request
+        another accepted, and a client whose replica died follows it again here (docs/operations.md)."""
+        sluice = state["sluice"]
+        record = await sluice.ledger.read(request_id)
+        if record is None or not owns(me, record.tenant):
+            raise APIError(404, f"no request {request_id!r} (unknown, or finished more than a day ago)",
+                           code="request_not_found")
+        return StreamingResponse(replay_events(sluice, request_id), media_type="text/event-stream",
+                                 headers={"X-Sluice-Request-Id": request_id})
+
     @app.get("/v1/scaler/decisions", dependencies=[Depends(admin)])
     async def scaler_decisions(limit: int = 50):
         if not 1 <= limit <= DECISIONS_KEPT:
@@ -303,6 +316,16 @@ async def collect(sluice: SluiceAPI, request: GenerationRequest) -> JSONResponse
     return JSONResponse(completion_object(
         request_id=request.request_id, kind=request.kind, model=request.model, created=int(request.enqueued_at),
         text="".join(parts), record=record, sluice=_sluice_info(request, record)))
+
+
+async def replay_events(sluice: SluiceAPI, request_id: str):
+    try:
+        async for event in follow(sluice.events, request_id, timeout_s=sluice.settings.request_timeout_s):
+            yield _sse(event)
+    except (RequestFailed, RequestTimedOut) as exc:
+        code = "failed" if isinstance(exc, RequestFailed) else "timeout"
+        yield _sse({"type": "error", "message": str(exc), "code": code})
+    yield "data: [DONE]\n\n"
 
 
 def _sse(data: dict) -> str:

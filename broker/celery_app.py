@@ -6,24 +6,49 @@ There is no module-level app: each process builds its own with ``create_app(sett
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from celery import Celery
 from kombu import Exchange, Queue
 
 import broker.transport  # noqa: F401  (registers the sluice:// transport)
 from core.names import SLO_CLASSES
+from core.redis_urls import is_sentinel_url, parse_sentinel_url, redact_url
 from core.settings import Settings
 
 
 def broker_url(redis_url: str) -> str:
-    """sluice:// is Redis with the sorted-set lanes; the rest of the URL is unchanged."""
+    """sluice:// is Redis with the sorted-set lanes; the rest of the URL is unchanged.  A Sentinel URL
+    (core.redis_urls) becomes ``sluicesentinel://[user:password@]<first sentinel>/<db>``: the sentinels
+    and the service name travel in the transport options (``broker_transport_options``)."""
+    if is_sentinel_url(redis_url):
+        parsed = parse_sentinel_url(redis_url)
+        auth = ""
+        if parsed.password is not None or parsed.username:
+            auth = f"{quote(parsed.username or '', safe='')}:{quote(parsed.password or '', safe='')}@"
+        host, port = parsed.sentinels[0]
+        return f"sluicesentinel://{auth}{host}:{port}/{parsed.db}"
     scheme, sep, rest = redis_url.partition("://")
     if scheme not in ("redis", "sluice") or not sep:
-        raise ValueError(f"unsupported Redis URL {redis_url!r}: use redis://host:port/db")
+        raise ValueError(f"unsupported Redis URL {redact_url(redis_url)!r}: use redis://host:port/db or "
+                         "redis+sentinel://host:port,.../service/db")
     return "sluice://" + rest
 
 
+def sentinel_transport_options(redis_url: str) -> dict:
+    """The transport options a Sentinel broker needs (none for a plain Redis URL)."""
+    if not is_sentinel_url(redis_url):
+        return {}
+    parsed = parse_sentinel_url(redis_url)
+    options = {"master_name": parsed.service_name, "sentinels": [list(address) for address in parsed.sentinels]}
+    if parsed.sentinel_kwargs():
+        options["sentinel_kwargs"] = parsed.sentinel_kwargs()
+    return options
+
+
 def create_app(settings: Settings) -> Celery:
-    app = Celery("sluice", broker=broker_url(settings.redis_url or "redis://127.0.0.1:6379/0"))
+    redis_url = settings.redis_url or "redis://127.0.0.1:6379/0"
+    app = Celery("sluice", broker=broker_url(redis_url))
     app.conf.update(
         # Routing key == queue name: redelivery relies on it (broker.redelivery).
         task_queues=[Queue(lane, Exchange(lane, type="direct"), routing_key=lane) for lane in SLO_CLASSES],
@@ -55,6 +80,9 @@ def create_app(settings: Settings) -> Celery:
             # kombu's Redis connection options: ping a connection idle this long before using it.
             "health_check_interval": 10,
             "retry_on_timeout": True,
+            "wait_replicas": settings.enqueue_wait_replicas,
+            "wait_timeout_ms": settings.enqueue_wait_timeout_ms,
+            **sentinel_transport_options(redis_url),
         },
     )
     return app

@@ -52,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -62,6 +63,8 @@ from broker.fair_share import FairTicket
 from broker.messages import GenerationRequest
 from broker.request_events import EVENT_FIELD, EVENTS_TTL_S, encode_event
 from core import keys
+
+log = logging.getLogger(__name__)
 
 REQUEST_STATE_TTL_S = 24 * 3600
 COMPLETIONS_KEPT = 10_000
@@ -138,6 +141,29 @@ class RequestRecord:
             batch_id=fields.get("batch") or None,
             tenant=fields.get("tenant") or None,
         )
+
+
+@dataclass(frozen=True)
+class ReplicaWait:
+    """Make a write wait until ``replicas`` replicas have it (Redis ``WAIT``), at most ``timeout_ms``.
+
+    Replication is asynchronous: a write the master acknowledged and died before sending is lost at
+    failover.  WAIT narrows that to writes whose WAIT timed out (logged here); it does not make Redis
+    strongly consistent (docs/operations.md)."""
+
+    replicas: int
+    timeout_ms: int
+
+    def __bool__(self) -> bool:
+        return self.replicas > 0
+
+    def add_to(self, pipe) -> None:
+        pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
+
+    def check(self, acknowledged, writes: int) -> None:
+        if int(acknowledged) < self.replicas:
+            log.warning("%d write(s) reached %s of %d replicas within %d ms: they are on the master only "
+                        "until replication catches up", writes, acknowledged, self.replicas, self.timeout_ms)
 
 
 @dataclass(frozen=True)
@@ -612,14 +638,22 @@ class Ledger:
         when its batch was closed meanwhile."""
         return bool(self._run(_enqueue_call(queue, message, score, entry)))
 
-    def enqueue_many(self, items: list[tuple[str, str | bytes, float, LedgerEntry]]) -> list[bool]:
+    def enqueue_many(self, items: list[tuple[str, str | bytes, float, LedgerEntry]],
+                     wait: ReplicaWait | None = None) -> list[bool]:
         """``enqueue`` for many (queue, message, score, entry) in one round trip (a pipeline, not one
-        transaction: each request still enters whole or not at all)."""
+        transaction: each request still enters whole or not at all).  With ``wait``, the same round trip
+        ends with ``WAIT`` (on the connection that wrote, as WAIT requires): it returns once enough
+        replicas have the writes, or after the timeout (then a warning; the requests stay queued)."""
         calls = [_enqueue_call(*item) for item in items]  # every ValueError before the first write
         with self.client.pipeline(transaction=False) as pipe:
             for call in calls:
                 self._run(call, client=pipe)
-            return [bool(reply) for reply in pipe.execute()]
+            if wait:
+                wait.add_to(pipe)
+            replies = pipe.execute()
+        if wait:
+            wait.check(replies.pop(), len(calls))
+        return [bool(reply) for reply in replies]
 
     def start(self, request_id: str, worker_id: str, now: float, batch_id: str | None = None) -> int | None:
         return int(self._run(_start_call(request_id, worker_id, now, batch_id))) or None

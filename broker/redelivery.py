@@ -16,6 +16,8 @@ import logging
 import time
 
 import redis
+from celery import bootsteps
+from celery.worker import state as worker_state
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
@@ -81,3 +83,35 @@ def redeliver_from_dead_workers(client: redis.Redis) -> list[str]:
             log.warning("worker %s stopped beating: redelivered message %s", owner, tag)
             restored.append(tag)
     return restored
+
+
+def redeliver_unheld(client: redis.Redis, worker_id: str, held_tags: set[str]) -> list[str]:
+    """Restore the messages recorded as this live worker's that it does not hold (``held_tags``).
+
+    After its broker connection broke (a Redis failover, a network cut), Celery drops the messages the
+    worker had received but not started; the transport's unacked records still name the worker, so
+    neither the dead-worker sweep nor anything but kombu's visibility timeout (hours) would bring them
+    back.  Run when the consumer (re)connects (:class:`RedeliverUnheld`)."""
+    restored = []
+    for tag, owner in client.hgetall(keys.UNACKED_OWNER).items():
+        tag, owner = bytes_to_str(tag), bytes_to_str(owner)
+        if owner == worker_id and tag not in held_tags and restore_unacked(client, tag, dead_owner=worker_id):
+            log.warning("worker %s no longer holds message %s (its connection was lost): redelivered",
+                        worker_id, tag)
+            restored.append(tag)
+    return restored
+
+
+class RedeliverUnheld(bootsteps.StartStopStep):
+    """A consumer step: each time the consumer (re)connects, ``redeliver_unheld`` for this worker (its
+    ``worker_id`` transport option), keeping the tasks it is still running."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, consumer):
+        worker_id = consumer.app.conf.broker_transport_options.get("worker_id")
+        if not worker_id:
+            return
+        held = {request.message.delivery_tag for request in [*worker_state.active_requests,
+                                                             *worker_state.reserved_requests]}
+        redeliver_unheld(consumer.connection.default_channel.client, worker_id, held)

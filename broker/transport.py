@@ -31,12 +31,14 @@ import contextlib
 import json
 import time
 
+import redis
 from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
+from redis import sentinel as redis_sentinel
 
-from broker.ledger import LEDGER_HEADER, SCORE_HEADER, Ledger, LedgerEntry
+from broker.ledger import LEDGER_HEADER, SCORE_HEADER, Ledger, LedgerEntry, ReplicaWait
 from core import keys
 
 HEADROOM_POLL_S = 0.25
@@ -123,13 +125,20 @@ class Channel(kombu_redis.Channel):
     # Lanes a full consumer still takes from, and how many messages beyond its prefetch limit.
     headroom_lanes: tuple[str, ...] = ()
     headroom: int = 0
+    # Enqueue waits for this many replicas to have each publish (Redis WAIT; 0: no wait), at most wait_timeout_ms.
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000
     _shared_client = None
     _ledger_of_client = None
     # While a bulk publish collects (``collect_requests``): the requests ``_put`` was given, not yet sent.
     _collected: list | None = None
 
     from_transport_options = kombu_redis.Channel.from_transport_options + (
-        "lane_priority", "worker_id", "headroom_lanes", "headroom")
+        "lane_priority", "worker_id", "headroom_lanes", "headroom", "wait_replicas", "wait_timeout_ms")
+
+    @property
+    def replica_wait(self) -> ReplicaWait:
+        return ReplicaWait(int(self.wait_replicas or 0), int(self.wait_timeout_ms))
 
     def usable_headroom(self) -> int:
         """Headroom exists to displace other lanes' work: none while this consumer holds only headroom-lane
@@ -194,7 +203,8 @@ class Channel(kombu_redis.Channel):
             with self.conn_or_acquire() as client:
                 ledger = self._ledger(client)
                 for start in range(0, len(collected), BULK_PUT_REQUESTS):
-                    results.extend(ledger.enqueue_many(collected[start:start + BULK_PUT_REQUESTS]))
+                    results.extend(ledger.enqueue_many(collected[start:start + BULK_PUT_REQUESTS],
+                                                       wait=self.replica_wait))
         finally:
             self._collected = None
 
@@ -210,12 +220,22 @@ class Channel(kombu_redis.Channel):
         if entry is not None and self._collected is not None:
             self._collected.append((queue, dumps(message), score, LedgerEntry.from_header(entry)))
             return
+        wait = self.replica_wait
         with self.conn_or_acquire() as client:
-            if entry is None:
-                client.zadd(keys.lane_key(queue), {dumps(message): score})
-            else:
+            if entry is not None:
                 # A request: into its lane and the request ledger in one atomic step (broker.ledger).
-                self._ledger(client).enqueue(queue, dumps(message), score, LedgerEntry.from_header(entry))
+                if wait:
+                    self._ledger(client).enqueue_many([(queue, dumps(message), score, LedgerEntry.from_header(entry))],
+                                                      wait=wait)
+                else:
+                    self._ledger(client).enqueue(queue, dumps(message), score, LedgerEntry.from_header(entry))
+            elif wait:
+                with client.pipeline(transaction=False) as pipe:  # WAIT on the connection that wrote
+                    pipe.zadd(keys.lane_key(queue), {dumps(message): score})
+                    wait.add_to(pipe)
+                    wait.check(pipe.execute()[-1], 1)
+            else:
+                client.zadd(keys.lane_key(queue), {dumps(message): score})
 
     def _get(self, queue):
         if queue not in self.consumable_lanes():
@@ -285,6 +305,34 @@ class Channel(kombu_redis.Channel):
             pipe.zadd(keys.lane_key(queue), {dumps(payload): score})
 
 
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """The lanes channel on a Sentinel group's master: its connection pools are redis-py Sentinel pools
+    (kombu's SentinelChannel), which find the master through the sentinels on each new connection, so
+    after a failover publishers and consumers reconnect to the promoted replica.  Unlike kombu's, the
+    sentinels come from the ``sentinels`` transport option (a list of [host, port]), which
+    broker.celery_app fills from the ``redis+sentinel://`` URL (core.redis_urls)."""
+
+    from_transport_options = kombu_redis.SentinelChannel.from_transport_options + (
+        "lane_priority", "worker_id", "headroom_lanes", "headroom", "wait_replicas", "wait_timeout_ms", "sentinels")
+    sentinels: tuple = ()
+
+    def _sentinel_managed_pool(self, asynchronous=False):
+        params = self._connparams(asynchronous)
+        host, port = params.pop("host", None), params.pop("port", None)
+        sentinels = [tuple(address) for address in self.sentinels] or [(host, port)]
+        manager = redis_sentinel.Sentinel(sentinels, min_other_sentinels=getattr(self, "min_other_sentinels", 0),
+                                          sentinel_kwargs=getattr(self, "sentinel_kwargs", None), **params)
+        # Kept so that kombu's _disconnect_pools closes the connections to the sentinels too.
+        if asynchronous:
+            self._async_sentinel_manager = manager
+        else:
+            self._sentinel_manager = manager
+        if getattr(self, "master_name", None) is None:
+            raise ValueError("the 'master_name' transport option must be given for a Sentinel broker")
+        auth = {name: params[name] for name in ("username", "password") if name in params}
+        return manager.master_for(self.master_name, redis.Redis, **auth).connection_pool
+
+
 class Transport(kombu_redis.Transport):
     Channel = Channel
     driver_type = "redis"
@@ -295,9 +343,15 @@ class Transport(kombu_redis.Transport):
         return False
 
 
+class SentinelTransport(Transport):
+    Channel = SentinelChannel
+    default_port = 26379
+
+
 def register() -> None:
-    """Make ``sluice://`` broker URLs resolve to this transport."""
+    """Make ``sluice://`` (and ``sluicesentinel://``) broker URLs resolve to this transport."""
     TRANSPORT_ALIASES.setdefault("sluice", "broker.transport:Transport")
+    TRANSPORT_ALIASES.setdefault("sluicesentinel", "broker.transport:SentinelTransport")
 
 
 register()

@@ -40,8 +40,16 @@ class Settings(BaseSettings):
 
     # --- where things live -------------------------------------------------
     redis_url: str | None = Field(
-        None, description="Redis/Valkey URL. Unset: `sluice run` starts an embedded Valkey."
+        None, description="Redis/Valkey URL: `redis://[:password@]host:port/db`, or a Sentinel group "
+        "`redis+sentinel://[:password@]host:26379,host2:26379/<service>/<db>` (docs/operations.md). Unset: "
+        "`sluice run` starts an embedded Valkey."
     )
+    enqueue_wait_replicas: int = Field(
+        0, ge=0, description="Replicas that must have each enqueued request before the API answers (Redis "
+        "`WAIT`); 0: no wait. See docs/operations.md for what it protects and costs.")
+    enqueue_wait_timeout_ms: int = Field(
+        1000, ge=1, description="Longest an enqueue waits for `enqueue_wait_replicas` (then it logs a warning "
+        "and the request stays queued on the master).")
     data_dir: Path = Field(Path("var"), description="Models, embedded Valkey files, logs, predictor versions.")
     model: Path | None = Field(None, description="Local Hugging Face model directory. Unset: the built-in tiny Llama.")
     served_model_name: str | None = Field(None, description="Name clients use in `model`. Unset: the model directory's name.")

@@ -87,8 +87,7 @@ def predict(prompt_text, served_model, artifact):
               help="Epochs over base data plus traffic with --fine-tune-encoder.")
 def retrain(redis_url, registry_root, base_artifact, fine_tune_encoder, encoder_epochs):
     """Re-fit from the feedback log plus base data; publish a new version and move the pointer."""
-    import redis
-
+    from core.redis_clients import sync_client
     from core.settings import Settings
     from predictor.feedback import retrain as retrain_from_feedback
 
@@ -96,7 +95,7 @@ def retrain(redis_url, registry_root, base_artifact, fine_tune_encoder, encoder_
     settings = Settings(**{name: value for name, value in given.items() if value is not None})
     if not settings.redis_url:
         raise click.UsageError("no Redis: pass --redis-url or set SLUICE_REDIS_URL")
-    client = redis.Redis.from_url(settings.redis_url)
+    client = sync_client(settings.redis_url)
     try:
         meta = retrain_from_feedback(client, base_artifact, settings.predictor_registry_dir,
                                      fine_tune_encoder=fine_tune_encoder, encoder_epochs=encoder_epochs)

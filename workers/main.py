@@ -22,6 +22,7 @@ def run_worker(settings: Settings) -> None:
 
     import workers.tasks  # noqa: F401  (registers the task on every app this process creates)
     from broker.celery_app import create_app
+    from broker.redelivery import RedeliverUnheld
     from workers.control import AttachConsumer  # also registers the control command
     from workers.heartbeat import Heartbeat
     from workers.runtime import WorkerRuntime
@@ -41,6 +42,7 @@ def run_worker(settings: Settings) -> None:
     }
     app.conf.broker_transport_options = {**app.conf.broker_transport_options, **transport_options}
     app.steps["consumer"].add(AttachConsumer)
+    app.steps["consumer"].add(RedeliverUnheld)  # after a lost connection (a Redis failover)
 
     heartbeat = Heartbeat(sync_client(settings.redis_url, ride_through_s=settings.redis_ride_through_s), runtime,
                           settings.heartbeat_interval_s, settings.heartbeat_ttl_s)
