@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api.admission import SLO_HEADER, build_request, true_length, validate_body
 from api.enqueue import Enqueuer
 from api.errors import APIError, bad_request
+from api.limits import BodyLimits, check_messages, decode_json, read_body
 from api.events import EventHub, RequestFailed, RequestTimedOut, WorkerLost, follow
 from api.batch_runner import BatchRunner
 from api.batches import batches_router
@@ -113,6 +114,22 @@ class SluiceAPI:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def abandon(self, request: GenerationRequest) -> None:
+        """The client went away before its answer was complete: end the request (queued: never run; running:
+        its worker aborts it), in the background, since the caller is being cancelled."""
+        self.metrics.requests.labels(request.slo, "abandoned").inc()
+        log.info("request %s: the client disconnected; cancelling it", request.request_id)
+
+        async def end() -> None:
+            try:
+                await self.ledger.abandon(request.request_id)
+            except redis.RedisError:
+                log.exception("request %s: could not cancel the abandoned request", request.request_id)
+
+        task = asyncio.get_running_loop().create_task(end())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def submit(self, request: GenerationRequest) -> None:
         await anyio.to_thread.run_sync(self.enqueuer.enqueue, request)
 
@@ -158,7 +175,7 @@ def create_api(settings: Settings) -> FastAPI:
     app.include_router(files_router(settings, lambda: state["sluice"].files,
                                     lambda file_id: state["sluice"].batches.open_batch_reading(file_id)))
     app.include_router(batches_router(lambda: state["sluice"].batches, lambda: state["sluice"].files,
-                                      lambda: state["batch_runner"].wake()))
+                                      lambda: state["batch_runner"].wake(), BodyLimits.from_settings(settings)))
 
     @app.exception_handler(APIError)
     async def on_api_error(_request: Request, exc: APIError):
@@ -166,12 +183,11 @@ def create_api(settings: Settings) -> FastAPI:
             state["sluice"].metrics.rejected.labels(str(exc.status)).inc()
         return exc.response()
 
+    limits = BodyLimits.from_settings(settings)
+
     async def parse(request: Request, model_cls):
-        raw = await request.body()
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+        data = decode_json(await read_body(request, limits), limits.max_json_depth)
+        check_messages(data, limits.max_messages)
         return validate_body(model_cls, data)
 
     @app.get("/healthz")
@@ -231,7 +247,7 @@ def create_api(settings: Settings) -> FastAPI:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(stream_events(sluice, request, include_usage), media_type="text/event-stream",
                                      headers={"X-Sluice-Request-Id": request.request_id})
-        return await collect(sluice, request)
+        return await collect_unless_disconnected(sluice, request, http_request)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(http_request: Request):
@@ -266,6 +282,28 @@ async def collect(sluice: SluiceAPI, request: GenerationRequest) -> JSONResponse
         text="".join(parts), record=record, sluice=_sluice_info(request, record)))
 
 
+async def _until_disconnected(http_request: Request) -> None:
+    """Returns when the client disconnects (its body was read already, so ``receive`` waits for that)."""
+    while (await http_request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def collect_unless_disconnected(sluice: SluiceAPI, request: GenerationRequest, http_request: Request) -> Response:
+    """``collect``, but a client that disconnects first abandons its request (nothing generated for nobody)."""
+    collecting = asyncio.ensure_future(collect(sluice, request))
+    watching = asyncio.ensure_future(_until_disconnected(http_request))
+    try:
+        await asyncio.wait({collecting, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+        if not collecting.done():
+            collecting.cancel()
+            sluice.abandon(request)
+    if collecting.cancelled():
+        return Response(status_code=499)  # nginx's "client closed request": nobody receives it
+    return collecting.result()
+
+
 def _sse(data: dict) -> str:
     return f"data: {json.dumps(data)}\n\n"
 
@@ -284,9 +322,10 @@ async def stream_events(sluice: SluiceAPI, request: GenerationRequest, include_u
             choice = {"index": 0, "text": delta_text or "", "finish_reason": finish, "logprobs": None}
         return {"id": request.request_id, "object": obj, "created": created, "model": request.model, "choices": [choice]}
 
-    if chat:
-        yield _sse(chunk(None, role=True))
+    ended = False
     try:
+        if chat:
+            yield _sse(chunk(None, role=True))
         async for event in follow(sluice.events, request.request_id, timeout_s=sluice.settings.request_timeout_s,
                                   tokens_sent=lambda: sent["tokens"] > 0,
                                   worker_absent_grace_s=sluice.settings.heartbeat_ttl_s):
@@ -299,8 +338,13 @@ async def stream_events(sluice: SluiceAPI, request: GenerationRequest, include_u
                 if include_usage:
                     yield _sse({"id": request.request_id, "object": obj, "created": created, "model": request.model,
                                 "choices": [], "usage": usage(event)})
+                ended = True
                 yield "data: [DONE]\n\n"
     except (WorkerLost, RequestFailed, RequestTimedOut) as exc:
+        ended = True
         outcome = {WorkerLost: "worker_lost", RequestFailed: "failed", RequestTimedOut: "timeout"}[type(exc)]
         sluice.metrics.requests.labels(request.slo, outcome).inc()
         yield _sse({"error": {"message": str(exc), "type": "server_error", "param": None, "code": outcome}})
+    finally:
+        if not ended:  # the client disconnected (Starlette cancels the stream) before the answer ended
+            sluice.abandon(request)

@@ -7,7 +7,6 @@ requests and carries the batch to its end.  A cancel answers at once with the ba
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Callable
 
@@ -16,6 +15,7 @@ from fastapi import APIRouter, Request
 from api.batch_input import ENDPOINT_BODIES, parse_completion_window
 from api.errors import APIError, bad_request
 from api.files import missing, no_such_file
+from api.limits import BodyLimits, decode_json, read_body
 from api.listing import limit_param, list_object
 from broker.batches import (CANCELLABLE, LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, BatchCounts, BatchRecord, BatchStatus,
                             BatchStore, TransitionRefused, new_batch_id)
@@ -49,16 +49,14 @@ def check_metadata(metadata: object) -> dict | None:
     return metadata
 
 
-def batches_router(store: Callable[[], BatchStore], files: Callable[[], Files], wake: Callable[[], None]) -> APIRouter:
+def batches_router(store: Callable[[], BatchStore], files: Callable[[], Files], wake: Callable[[], None],
+                   limits: BodyLimits) -> APIRouter:
     """The routes; ``store``, ``files`` and ``wake`` (the batch runner's) come from the running API."""
     router = APIRouter()
 
     @router.post("/v1/batches")
     async def create_batch(request: Request):
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+        body = decode_json(await read_body(request, limits), limits.max_json_depth)
         if not isinstance(body, dict):
             raise bad_request("the request body must be a JSON object", code="invalid_json")
         for name in ("input_file_id", "endpoint", "completion_window"):

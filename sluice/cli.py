@@ -103,17 +103,13 @@ def model_init(out: Path | None, force: bool) -> None:
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None, help="Local HF model directory.")
 def api(host, port, model_path) -> None:
     """The OpenAI-compatible HTTP API."""
-    import uvicorn
-
     settings = build_settings(api_host=host, api_port=port, model=model_path)
     ensure_model(settings)
     settings.require_redis_url()
     from api.app import create_api
+    from api.server import serve
 
-    # Keep idle client connections longer than uvicorn's 5 s default: a client that reuses a connection
-    # the server is closing gets a reset on a POST it cannot safely retry.
-    uvicorn.run(create_api(settings), host=settings.api_host, port=settings.api_port, log_level="info",
-                timeout_keep_alive=75)
+    serve(create_api(settings), settings)
 
 
 @main.command()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from core.embedded_valkey import EmbeddedValkey, start_embedded_valkey
 from core.processes import Child, sluice_argv
+from core.redis_urls import redact
 from core.settings import Settings, settings_env
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def run_foreground(settings: Settings, plan: RunPlan, stop: StopRequest) -> int:
         if not settings.redis_url:
             valkey = start_embedded_valkey(settings.data_dir / "valkey")
             settings = settings.model_copy(update={"redis_url": valkey.connection_url + "/0"})
-        log.info("Redis at %s", settings.redis_url)
+        log.info("Redis at %s", redact(settings.redis_url))
         env = child_env(settings)
         for name, args in child_commands(plan):
             if stop:
