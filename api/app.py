@@ -13,12 +13,13 @@ import time
 import anyio
 import redis
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.admission import SLO_HEADER, build_request, true_length, validate_body
 from api.enqueue import Enqueuer
-from api.errors import APIError, bad_request
+from api.errors import APIError, bad_request, validation_error
 from api.limits import BodyLimits, check_messages, decode_json, read_body
 from api.events import EventHub, RequestFailed, RequestTimedOut, WorkerLost, follow
 from api.batch_runner import BatchRunner
@@ -27,7 +28,7 @@ from api.files import files_router
 from api.metrics import Metrics
 from api.prediction import attach_predictor, record_feedback
 from api.responses import completion_object, finish_reason, usage
-from api.schemas import ChatCompletionRequest, CompletionRequest
+from api.schemas import ChatCompletionRequest, CompletionRequest, openapi_body
 from broker.decisions import DECISIONS_KEPT, read_decisions
 from broker.batches import BatchStore
 from broker.files import FileCatalog, Files, LocalFileStore
@@ -183,6 +184,11 @@ def create_api(settings: Settings) -> FastAPI:
             state["sluice"].metrics.rejected.labels(str(exc.status)).inc()
         return exc.response()
 
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid_parameters(request: Request, exc: RequestValidationError):
+        # FastAPI's own validation (query and path parameters) answers 422 with its own shape; OpenAI's is 400.
+        return await on_api_error(request, validation_error(exc.errors()))
+
     limits = BodyLimits.from_settings(settings)
 
     async def parse(request: Request, model_cls):
@@ -249,11 +255,11 @@ def create_api(settings: Settings) -> FastAPI:
                                      headers={"X-Sluice-Request-Id": request.request_id})
         return await collect_unless_disconnected(sluice, request, http_request)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=openapi_body(ChatCompletionRequest))
     async def chat_completions(http_request: Request):
         return await handle(http_request, ChatCompletionRequest)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=openapi_body(CompletionRequest))
     async def completions(http_request: Request):
         return await handle(http_request, CompletionRequest)
 

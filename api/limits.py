@@ -58,11 +58,30 @@ def decode_json(raw: bytes, max_depth: int) -> object:
     if depth > max_depth:
         raise bad_request(f"the request body nests {depth} levels deep; at most {max_depth}", code="invalid_json")
     try:
-        return json.loads(raw)
+        data = json.loads(raw, parse_constant=_no_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    except ValueError as exc:  # NaN, Infinity: Python's extension, not JSON (and not a number anything can use)
         raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     except RecursionError:  # a nesting the bracket count missed (it cannot, but never a 500)
         raise bad_request("the request body nests too deep", code="invalid_json") from None
+    if b"\\u" in raw and not _encodable(data):
+        # A lone surrogate escape (\ud800 without its pair) decodes to a str no tokenizer or encoder takes.
+        raise bad_request("the request body has a lone UTF-16 surrogate escape: not a Unicode character",
+                          code="invalid_json")
+    return data
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _encodable(data: object) -> bool:
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def check_messages(data: object, max_messages: int) -> None:
