@@ -14,13 +14,15 @@ import anyio
 import kombu.exceptions
 import redis
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.auth import Auth, Caller, owns
 from api.admission import SLO_HEADER, build_request, true_length, validate_body
 from api.enqueue import Enqueuer
-from api.errors import APIError, bad_request, redis_unavailable
+from api.errors import APIError, bad_request, redis_unavailable, validation_error
+from api.limits import BodyLimits, check_messages, decode_json, read_body
 from api.events import EventHub, EventsUnavailable, RequestFailed, RequestTimedOut, WorkerLost, follow
 from api.batch_runner import BatchRunner
 from api.batches import batches_router
@@ -29,7 +31,7 @@ from api.key_admin import key_admin_router
 from api.metrics import Metrics
 from api.prediction import attach_predictor, record_feedback
 from api.responses import completion_object, finish_reason, usage
-from api.schemas import ChatCompletionRequest, CompletionRequest
+from api.schemas import ChatCompletionRequest, CompletionRequest, openapi_body
 from broker.decisions import DECISIONS_KEPT, read_decisions
 from broker.heartbeat import read_heartbeats_async
 from broker.batches import BatchStore
@@ -122,6 +124,22 @@ class SluiceAPI:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def abandon(self, request: GenerationRequest) -> None:
+        """The client went away before its answer was complete: end the request (queued: never run; running:
+        its worker aborts it), in the background, since the caller is being cancelled."""
+        self.metrics.requests.labels(request.slo, "abandoned").inc()
+        log.info("request %s: the client disconnected; cancelling it", request.request_id)
+
+        async def end() -> None:
+            try:
+                await self.ledger.abandon(request.request_id)
+            except redis.RedisError:
+                log.exception("request %s: could not cancel the abandoned request", request.request_id)
+
+        task = asyncio.get_running_loop().create_task(end())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def submit(self, request: GenerationRequest) -> None:
         await anyio.to_thread.run_sync(self.enqueuer.enqueue, request)
 
@@ -179,7 +197,8 @@ def create_api(settings: Settings) -> FastAPI:
     app.include_router(files_router(settings, lambda: state["sluice"].files,
                                     lambda file_id: state["sluice"].batches.open_batch_reading(file_id), caller))
     app.include_router(batches_router(lambda: state["sluice"].batches, lambda: state["sluice"].files,
-                                      lambda: state["batch_runner"].wake(), caller))
+                                      lambda: state["batch_runner"].wake(), BodyLimits.from_settings(settings),
+                                      caller))
     app.include_router(key_admin_router(lambda: state["sluice"].auth.keys, admin))
 
     @app.exception_handler(APIError)
@@ -199,12 +218,16 @@ def create_api(settings: Settings) -> FastAPI:
     for error_class in REDIS_UNAVAILABLE:
         app.add_exception_handler(error_class, on_redis_unavailable)
 
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid_parameters(request: Request, exc: RequestValidationError):
+        # FastAPI's own validation (query and path parameters) answers 422 with its own shape; OpenAI's is 400.
+        return await on_api_error(request, validation_error(exc.errors()))
+
+    limits = BodyLimits.from_settings(settings)
+
     async def parse(request: Request, model_cls):
-        raw = await request.body()
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+        data = decode_json(await read_body(request, limits), limits.max_json_depth)
+        check_messages(data, limits.max_messages)
         return validate_body(model_cls, data)
 
     @app.get("/healthz")
@@ -280,13 +303,13 @@ def create_api(settings: Settings) -> FastAPI:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return StreamingResponse(stream_events(sluice, request, include_usage), media_type="text/event-stream",
                                      headers={"X-Sluice-Request-Id": request.request_id})
-        return await collect(sluice, request)
+        return await collect_unless_disconnected(sluice, request, http_request)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=openapi_body(ChatCompletionRequest))
     async def chat_completions(http_request: Request, me: Caller = who):
         return await handle(http_request, ChatCompletionRequest, me)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=openapi_body(CompletionRequest))
     async def completions(http_request: Request, me: Caller = who):
         return await handle(http_request, CompletionRequest, me)
 
@@ -326,6 +349,26 @@ async def replay_events(sluice: SluiceAPI, request_id: str):
         code = "failed" if isinstance(exc, RequestFailed) else "timeout"
         yield _sse({"type": "error", "message": str(exc), "code": code})
     yield "data: [DONE]\n\n"
+async def _until_disconnected(http_request: Request) -> None:
+    """Returns when the client disconnects (its body was read already, so ``receive`` waits for that)."""
+    while (await http_request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def collect_unless_disconnected(sluice: SluiceAPI, request: GenerationRequest, http_request: Request) -> Response:
+    """``collect``, but a client that disconnects first abandons its request (nothing generated for nobody)."""
+    collecting = asyncio.ensure_future(collect(sluice, request))
+    watching = asyncio.ensure_future(_until_disconnected(http_request))
+    try:
+        await asyncio.wait({collecting, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+        if not collecting.done():
+            collecting.cancel()
+            sluice.abandon(request)
+    if collecting.cancelled():
+        return Response(status_code=499)  # nginx's "client closed request": nobody receives it
+    return collecting.result()
 
 
 def _sse(data: dict) -> str:
@@ -346,9 +389,10 @@ async def stream_events(sluice: SluiceAPI, request: GenerationRequest, include_u
             choice = {"index": 0, "text": delta_text or "", "finish_reason": finish, "logprobs": None}
         return {"id": request.request_id, "object": obj, "created": created, "model": request.model, "choices": [choice]}
 
-    if chat:
-        yield _sse(chunk(None, role=True))
+    ended = False
     try:
+        if chat:
+            yield _sse(chunk(None, role=True))
         async for event in follow(sluice.events, request.request_id, timeout_s=sluice.settings.request_timeout_s,
                                   tokens_sent=lambda: sent["tokens"] > 0,
                                   worker_absent_grace_s=sluice.settings.heartbeat_ttl_s):
@@ -361,9 +405,14 @@ async def stream_events(sluice: SluiceAPI, request: GenerationRequest, include_u
                 if include_usage:
                     yield _sse({"id": request.request_id, "object": obj, "created": created, "model": request.model,
                                 "choices": [], "usage": usage(event)})
+                ended = True
                 yield "data: [DONE]\n\n"
     except (WorkerLost, RequestFailed, RequestTimedOut, EventsUnavailable) as exc:
+        ended = True
         outcome = {WorkerLost: "worker_lost", RequestFailed: "failed", RequestTimedOut: "timeout",
                    EventsUnavailable: "redis_unavailable"}[type(exc)]
         sluice.metrics.requests.labels(request.slo, outcome).inc()
         yield _sse({"error": {"message": str(exc), "type": "server_error", "param": None, "code": outcome}})
+    finally:
+        if not ended:  # the client disconnected (Starlette cancels the stream) before the answer ended
+            sluice.abandon(request)

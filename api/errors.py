@@ -32,3 +32,12 @@ def redis_unavailable(retry_after_s: int, message: str = "the request queue (Red
 
 def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
+
+
+def validation_error(errors) -> APIError:
+    """The 400 for FastAPI's parameter validation errors (its 422 otherwise), naming the first bad parameter."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+    loc = [str(part) for part in first.get("loc", ())]
+    param = ".".join(loc[1:] if loc and loc[0] in ("query", "path", "header", "body") else loc) or None
+    return bad_request(f"{param}: {first.get('msg')}" if param else str(first.get("msg")), param=param,
+                       code="invalid_value")

@@ -13,14 +13,15 @@ from kombu import Exchange, Queue
 
 import broker.transport  # noqa: F401  (registers the sluice:// transport)
 from core.names import SLO_CLASSES
-from core.redis_urls import is_sentinel_url, parse_sentinel_url, redact_url
+from core.redis_urls import celery_tls, is_sentinel_url, parse_sentinel_url, redact
 from core.settings import Settings
 
 
 def broker_url(redis_url: str) -> str:
-    """sluice:// is Redis with the sorted-set lanes; the rest of the URL is unchanged.  A Sentinel URL
-    (core.redis_urls) becomes ``sluicesentinel://[user:password@]<first sentinel>/<db>``: the sentinels
-    and the service name travel in the transport options (``broker_transport_options``)."""
+    """sluice:// is Redis with the sorted-set lanes; the rest of the URL is unchanged but for TLS options,
+    which Celery gets as ``broker_use_ssl`` (``broker_tls``).  A Sentinel URL (core.redis_urls) becomes
+    ``sluicesentinel://[user:password@]<first sentinel>/<db>``: the sentinels and the service name travel in
+    the transport options (``broker_transport_options``)."""
     if is_sentinel_url(redis_url):
         parsed = parse_sentinel_url(redis_url)
         auth = ""
@@ -28,11 +29,16 @@ def broker_url(redis_url: str) -> str:
             auth = f"{quote(parsed.username or '', safe='')}:{quote(parsed.password or '', safe='')}@"
         host, port = parsed.sentinels[0]
         return f"sluicesentinel://{auth}{host}:{port}/{parsed.db}"
-    scheme, sep, rest = redis_url.partition("://")
-    if scheme not in ("redis", "sluice") or not sep:
-        raise ValueError(f"unsupported Redis URL {redact_url(redis_url)!r}: use redis://host:port/db or "
-                         "redis+sentinel://host:port,.../service/db")
+    scheme, sep, rest = celery_tls(redis_url)[0].partition("://")
+    if scheme not in ("redis", "rediss", "sluice") or not sep:
+        raise ValueError(f"unsupported Redis URL {redact(redis_url)!r}: use redis://host:port/db "
+                         "(rediss:// for TLS, redis+sentinel://host:port,.../service/db for a Sentinel group)")
     return "sluice://" + rest
+
+
+def broker_tls(redis_url: str) -> dict | None:
+    """Celery's ``broker_use_ssl`` for this Redis URL: its TLS options for a rediss:// URL, else None."""
+    return None if is_sentinel_url(redis_url) else celery_tls(redis_url)[1]
 
 
 def sentinel_transport_options(redis_url: str) -> dict:
@@ -50,6 +56,7 @@ def create_app(settings: Settings) -> Celery:
     redis_url = settings.redis_url or "redis://127.0.0.1:6379/0"
     app = Celery("sluice", broker=broker_url(redis_url))
     app.conf.update(
+        broker_use_ssl=broker_tls(redis_url),
         # Routing key == queue name: redelivery relies on it (broker.redelivery).
         task_queues=[Queue(lane, Exchange(lane, type="direct"), routing_key=lane) for lane in SLO_CLASSES],
         task_default_queue="interactive",

@@ -74,6 +74,7 @@ FAIR_CLOCKS_TTL_S = 24 * 3600
 SCORE_HEADER = "sluice_score"
 # The publish header that carries a LedgerEntry to the transport (which strips it from the stored message).
 LEDGER_HEADER = "sluice_ledger"
+ABANDONED_MESSAGE = "the client disconnected before the answer was complete"
 
 
 class RequestStatus(str, enum.Enum):
@@ -478,6 +479,26 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 """
 
+# The client that followed a request went away (closed its stream or connection): end the request as
+# cancelled whether it is queued (its message stays in the lane; `start` drops the delivery) or running (the
+# worker's watch reads the status and aborts the engine request; the attempt's own finish or abort is then
+# fenced out).  Only followed requests are abandoned, never a Batch API batch's, so there are no batch counters.
+# KEYS: state, events, deadline requests, deadline tokens.  ARGV: now, message, events TTL, state TTL
+_ABANDON = _LUA_COMMON + """
+local wrong = wrong_type({KEYS[1], 'hash', KEYS[2], 'stream', KEYS[3], 'hash', KEYS[4], 'hash'})
+if wrong then return redis.error_reply(wrong) end
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'queued' and status ~= 'running' then return 0 end
+local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')
+set_status(KEYS[1], nil, 'cancelled', 'finished_at', ARGV[1], 'error', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+release_deadline(KEYS[1], KEYS[3], KEYS[4])
+redis.call('XADD', KEYS[2], '*', EVENT_FIELD,
+           cjson.encode({type = 'error', attempt = attempt, status = 'cancelled', message = ARGV[2]}))
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
 # Close a batch's part of a lane: end its queued requests and take their messages out, one slice of the
 # lane per call.  The requests' state keys are found in the lane (their messages' task ids), so they are
 # not declared: this needs a standalone Redis (or Sentinel), as kombu's Redis transport does.
@@ -513,7 +534,7 @@ end
 return {first + #members - removed, ended, #members < tonumber(ARGV[5]) and 1 or 0}
 """
 
-_SCRIPTS = {"enqueue": _ENQUEUE, "start": _START, "finish": _FINISH, "fail": _FAIL, "requeue": _REQUEUE,
+_SCRIPTS = {"abandon": _ABANDON, "enqueue": _ENQUEUE, "start": _START, "finish": _FINISH, "fail": _FAIL, "requeue": _REQUEUE,
             "end_queued": _END_QUEUED, "close_batch_slice": _CLOSE_BATCH_SLICE}
 
 
@@ -591,6 +612,12 @@ def _end_queued_call(status: RequestStatus, request_id: str, now: float, lane: s
                  *_counts(batch_id)]
     args = [status.value, _number(now), message, EVENTS_TTL_S, REQUEST_STATE_TTL_S, member or ""]
     return _Call("end_queued", call_keys, args)
+
+
+def _abandon_call(request_id: str, now: float) -> _Call:
+    return _Call("abandon", [keys.request_key(request_id), keys.request_events_key(request_id),
+                             keys.DEADLINE_REQUESTS, keys.DEADLINE_TOKENS],
+                 [_number(now), ABANDONED_MESSAGE, EVENTS_TTL_S, REQUEST_STATE_TTL_S])
 
 
 def _close_batch_slice_call(batch_id: str, lane: str, status: RequestStatus, now: float, first: int,
@@ -727,6 +754,11 @@ class AsyncLedger:
         return bool(await self._run(_end_queued_call(RequestStatus.expired, request_id, now, lane, member,
                                                      "the request expired before it ran", batch_id)))
 
+    async def abandon(self, request_id: str, now: float | None = None) -> bool:
+        """The client following a queued or running request went away: end it as cancelled (a running
+        attempt is aborted by its worker's watch).  False when it had ended already."""
+        return bool(await self._run(_abandon_call(request_id, _now(now))))
+
     async def close_batch_slice(self, batch_id: str, lane: str, status: RequestStatus, now: float, first: int,
                                 length: int = CLOSE_SLICE_LENGTH) -> SliceClosed:
         """End the queued requests of a closed batch found in one slice of ``lane`` (ranks ``first`` on),
@@ -737,6 +769,16 @@ class AsyncLedger:
 
     async def read(self, request_id: str) -> RequestRecord | None:
         return _record(request_id, await self.client.hgetall(keys.request_key(request_id)))
+
+    async def statuses(self, request_ids: list[str]) -> list[RequestStatus | None]:
+        """Each request's status (None: no record), in one round trip (a worker's abort watch)."""
+        if not request_ids:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for request_id in request_ids:
+                pipe.hget(keys.request_key(request_id), "status")
+            raws = await pipe.execute()
+        return [None if raw is None else RequestStatus(_text(raw)) for raw in raws]
 
     async def read_many(self, request_ids: list[str]) -> list[RequestRecord | None]:
         """Many requests' state in one round trip (a batch's finalization reads its requests this way)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import redis
 
 from core.processes import Child, free_port, wait_for
+from core.redis_urls import redact
 
 log = logging.getLogger(__name__)
 
@@ -63,5 +64,5 @@ def start_embedded_valkey(data_dir: Path, port: int | None = None, timeout: floa
     except BaseException:
         child.kill()
         raise
-    log.info("embedded Valkey at %s (data in %s)", server.connection_url, data_dir)
+    log.info("embedded Valkey at %s (data in %s)", redact(server.connection_url), data_dir)
     return server

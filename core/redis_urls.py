@@ -1,4 +1,5 @@
-"""Redis URLs Sluice accepts: a plain server (``redis://``, ``rediss://``, ``unix://``) or a Sentinel group.
+"""Redis URLs Sluice accepts (pure): a plain server (``redis://``, ``rediss://``, ``unix://``) or a Sentinel group;
+TLS options for every client; a printable form without the password.
 
 A Sentinel URL names the sentinels and the master's service name, and every Sluice client built
 from it (core.redis_clients, the broker's transport) asks the sentinels for the current master, and
@@ -9,12 +10,19 @@ asks again after a failover::
 ``sentinel://`` (kombu's scheme) is accepted as the same thing.  The user name and password are the
 *master's* (Redis ``AUTH``); sentinels are contacted without a password unless ``sentinel_password``
 is given.  A sentinel without a port is on 26379; ``db`` defaults to 0.
+
+A ``rediss://`` URL is Redis over TLS.  redis-py reads it, with its TLS options, from the URL itself
+(``ssl_cert_reqs``, ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``, ``ssl_check_hostname`` in the
+query), so ``core.redis_clients`` needs nothing more.  Celery's broker URL is Sluice's ``sluice://``
+transport, which kombu does not know to be TLS: ``celery_tls`` takes the same options out of the URL and
+returns them as Celery's ``broker_use_ssl``, so the API's publisher, the workers' consumers, Flower and
+the scaler's control client all use the options the plain Redis clients use.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 SENTINEL_SCHEMES = ("redis+sentinel", "sentinel")
 DEFAULT_SENTINEL_PORT = 26379
@@ -93,9 +101,55 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     return SentinelURL(tuple(sentinels), unquote(parts[0]), db, username, password, sentinel_password)
 
 
-def redact_url(url: str) -> str:
-    """A Redis URL for logs: the password (of any scheme's URL) replaced by ``***``."""
-    return _redact(url)
+TLS_SCHEME = "rediss"
+# The query options that configure TLS (redis-py's names; kombu takes the same in broker_use_ssl).
+TLS_OPTIONS = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
+CERT_REQS = ("required", "optional", "none")
+
+
+def is_tls(url: str) -> bool:
+    return urlsplit(url).scheme == TLS_SCHEME
+
+
+def celery_tls(url: str) -> tuple[str, dict | None]:
+    """(the URL without its TLS query options, Celery's ``broker_use_ssl``: None for a plain URL)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    options = {name: value for name, value in query if name in TLS_OPTIONS}
+    rest = urlunsplit(parts._replace(query=urlencode([(n, v) for n, v in query if n not in TLS_OPTIONS])))
+    if parts.scheme != TLS_SCHEME:
+        if options:
+            raise ValueError(f"TLS options ({', '.join(sorted(options))}) in a {parts.scheme}:// URL: use rediss://")
+        return rest, None
+    cert_reqs = options.setdefault("ssl_cert_reqs", "required")  # redis-py's default too: verify the server
+    if cert_reqs not in CERT_REQS:
+        raise ValueError(f"ssl_cert_reqs={cert_reqs!r}: use one of {', '.join(CERT_REQS)}")
+    if "ssl_check_hostname" in options:
+        options["ssl_check_hostname"] = options["ssl_check_hostname"].lower() in ("1", "true", "yes", "on")
+    return rest, options
+
+
+def redact(url: str | None) -> str | None:
+    """The URL with its password (and a user-only credential) replaced by ``***``: for logs and banners."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    try:
+        parts.port
+    except ValueError:  # several hosts (a Sentinel group): hide the whole user part
+        return _redact(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    if parts.password is not None:
+        user = f"{parts.username}:***" if parts.username else ":***"
+    else:
+        user = "***"  # a lone user name: often a password written without its colon
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
 def _redact(url: str) -> str:

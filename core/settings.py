@@ -78,6 +78,22 @@ class Settings(BaseSettings):
     stream_outage_s: float = Field(
         30.0, gt=0, description="A stream (or a waiting non-streamed request) whose events cannot be read from Redis "
         "for this long ends with an error instead of waiting on.")
+    # Hostile input (docs/security.md): bounds on what one client may send and how slowly.
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1, description="Largest JSON request body (completions, batch creation); 413 above it. "
+        "File uploads have their own limit (batch_file_max_bytes).")
+    max_json_depth: int = Field(32, ge=2, description="Deepest nesting of arrays/objects in a JSON body (400 above it).")
+    max_messages: int = Field(1024, ge=1, description="Most messages in one chat completion request (400 above it).")
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Largest request line + headers block; 431 above it (the HTTP protocol's "
+        "receive buffer).")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="A connection's request line and headers must arrive within this; slower clients "
+        "are cut off (408). After a response, the connection's keep-alive time is added.")
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, description="A JSON request body must arrive within this once its headers did (408 after).")
+    keep_alive_timeout_s: int = Field(
+        75, ge=1, description="An idle keep-alive connection is closed after this (uvicorn's timeout_keep_alive).")
     batch_file_max_bytes: int = Field(
         200 * 1024 * 1024, ge=1, description="Largest file `POST /v1/files` accepts (413 above it).")
     batch_file_max_lines: int = Field(

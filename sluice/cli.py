@@ -135,19 +135,15 @@ def check_auth(settings: Settings) -> str:
 @auth_options
 def api(host, port, model_path, auth, no_auth, auth_insecure) -> None:
     """The OpenAI-compatible HTTP API."""
-    import uvicorn
-
     settings = build_settings(api_host=host, api_port=port, model=model_path,
                               **auth_flags(auth, no_auth, auth_insecure))
     click.echo(check_auth(settings), err=True)
     ensure_model(settings)
     settings.require_redis_url()
     from api.app import create_api
+    from api.server import serve
 
-    # Keep idle client connections longer than uvicorn's 5 s default: a client that reuses a connection
-    # the server is closing gets a reset on a POST it cannot safely retry.
-    uvicorn.run(create_api(settings), host=settings.api_host, port=settings.api_port, log_level="info",
-                timeout_keep_alive=75)
+    serve(create_api(settings), settings)
 
 
 @main.command()
@@ -579,6 +575,7 @@ def batch_list(limit, after, url, as_json) -> None:
     "scale": "bench.scale.scale_command",
     "batch": "bench.batch_bench.batch_command",
     "replica-wait": "bench.replica_wait_bench.replica_wait_command",
+    "fuzz": "bench.fuzz.fuzz_command",
 })
 def bench() -> None:
     """Benchmarks (results are ratios measured side by side in one run)."""

@@ -21,7 +21,7 @@ from typing import Callable
 
 from core.embedded_valkey import EmbeddedValkey, start_embedded_valkey
 from core.processes import Child, sluice_argv
-from core.redis_urls import redact_url
+from core.redis_urls import redact
 from core.settings import Settings, settings_env
 from sluice.supervision import RestartPolicy, restart_decision
 
@@ -99,7 +99,7 @@ def run_foreground(settings: Settings, plan: RunPlan, stop: StopRequest, banner:
             # Restarted on the same port and files (append-only: the queues survive its crash).
             valkey_supervised = Supervised(
                 "valkey", lambda: start_embedded_valkey(valkey.data_dir, valkey.port).child, valkey.child)
-        log.info("Redis at %s", redact_url(settings.redis_url))
+        log.info("Redis at %s", redact(settings.redis_url))
         env = child_env(settings)
         for name, args in child_commands(plan):
             if stop:

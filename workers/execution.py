@@ -23,10 +23,10 @@ log = logging.getLogger(__name__)
 
 
 class Aborted(Exception):
-    """Raised inside an attempt whose batch was cancelled or expired (workers.batch_watch)."""
+    """Raised inside an attempt whose batch was cancelled or expired, or whose client left (workers.batch_watch)."""
 
     def __init__(self, request_id: str, status: str):
-        super().__init__(f"request {request_id}: its batch was {status}")
+        super().__init__(f"request {request_id}: {status}")
         self.status = status
 
 
@@ -167,12 +167,16 @@ class RequestExecutor:
         return record
 
     async def _abort(self, request: GenerationRequest, attempt: int, status: str) -> dict:
-        """End an attempt of a closed batch's request unanswered (its message is acknowledged)."""
+        """End an attempt of a closed batch's request, or of one its client abandoned (the ledger ended it
+        already; this abort is fenced out), unanswered (its message is acknowledged)."""
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             task.uncancel()
         await self.async_ledger.abort(request, attempt, RequestStatus(status))
-        log.info("request %s aborted: its batch %s was %s", request.request_id, request.batch_id, status)
+        if request.batch_id is not None:
+            log.info("request %s aborted: its batch %s was %s", request.request_id, request.batch_id, status)
+        else:
+            log.info("request %s aborted: its client disconnected", request.request_id)
         return {"request_id": request.request_id, "aborted": status}
 
     async def _yield_place(self, request: GenerationRequest, attempt: int, reason: str):

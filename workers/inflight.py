@@ -42,7 +42,7 @@ class HeldRequest:
     generating: bool = False  # on the loop and not yet done generating: the only time it can be preempted
     preempted: str | None = None  # why it was told to yield; it then no longer occupies the worker
     batch_id: str | None = None  # the Batch API batch it belongs to
-    aborted: str | None = None  # its batch closed: "cancelled" or "expired"; the attempt ends unanswered
+    aborted: str | None = None  # its batch closed, or its client left: "cancelled" or "expired"; ends unanswered
 
     @property
     def occupies(self) -> bool:
@@ -124,6 +124,21 @@ class InflightRequests:
                     if held.task is not None and not held.task.done():
                         aborted.append(held)
             return aborted
+
+    def followed_ids(self) -> list[str]:
+        """The started requests held here that a client follows (not a batch's), not aborted yet: the abort
+        watch reads whether their client abandoned them."""
+        with self._lock:
+            return [h.request_id for h in self._held.values() if h.batch_id is None and h.counted and h.aborted is None]
+
+    def abort_request(self, request_id: str, status: str) -> HeldRequest | None:
+        """Mark a started request aborted (its client left); the caller cancels the task returned, if any."""
+        with self._lock:
+            held = self._held.get(request_id)
+            if held is None or not held.counted or held.aborted is not None:
+                return None
+            held.aborted = status
+            return held if held.task is not None and not held.task.done() else None
 
     def preemption_view(self) -> tuple[list[RunningRequest], dict[str, int], int, list[asyncio.Task]]:
         """What the preemption decision needs, in one look: the batch requests it may preempt (on the engine,

@@ -89,7 +89,8 @@ def stack(model_dir, log_dir):
         pytest.fail(f"workers of an earlier session still use {url} (worker key: pid): {leftovers}; stop them")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     env.update(SLUICE_REDIS_URL=url, SLUICE_MODEL=str(model_dir), SLUICE_DATA_DIR=str(log_dir / "data"),
-               SLUICE_HEARTBEAT_TTL_S="5", SLUICE_MAX_ADMISSION_LIMIT="64", SLUICE_ADMISSION_LIMIT="32")
+               SLUICE_HEARTBEAT_TTL_S="5", SLUICE_MAX_ADMISSION_LIMIT="64", SLUICE_ADMISSION_LIMIT="32",
+               SLUICE_BODY_READ_TIMEOUT_S="5")
     stack = Stack(redis_url=url, env=env, log_dir=log_dir, api_port=free_port())
     try:  # stopped even when the stack fails to start, so that nothing outlives this session
         stack.start_worker("main@test")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.celery_app import broker_url, sentinel_transport_options
-from core.redis_urls import SentinelURL, is_sentinel_url, parse_sentinel_url, redact_url
+from core.redis_urls import SentinelURL, is_sentinel_url, parse_sentinel_url, redact
 
 
 def test_full_sentinel_url():
@@ -39,8 +39,8 @@ def test_errors_and_logs_never_show_the_password():
     with pytest.raises(ValueError) as error:
         parse_sentinel_url("redis+sentinel://:hunter2@h1/")
     assert "hunter2" not in str(error.value)
-    assert redact_url("redis://:hunter2@host:6379/0") == "redis://***@host:6379/0"
-    assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+    assert redact("redis://:hunter2@host:6379/0") == "redis://:***@host:6379/0"
+    assert redact("redis://host:6379/0") == "redis://host:6379/0"
 
 
 def test_broker_url_and_transport_options_of_a_sentinel_url():
