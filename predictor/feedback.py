@@ -196,8 +196,9 @@ def _refit_head(model, tokenizer, base, base_texts, base_y, text_rows, text_y, f
 
     width = base_y.shape[1]
     feedback_features = torch.cat([encode(text_rows),
-                                   torch.tensor(np.array(feature_rows)).reshape(-1, model.head.in_features)])
-    feedback_targets = np.concatenate([np.array(text_y).reshape(-1, width), np.array(feature_y).reshape(-1, width)])
+                                   torch.tensor(np.array(feature_rows, dtype=np.float32)).reshape(-1, model.head.in_features)])
+    feedback_targets = np.concatenate([np.array(text_y, dtype=np.float32).reshape(-1, width),
+                                       np.array(feature_y, dtype=np.float32).reshape(-1, width)])
     repeats = _repeats(feedback_weight)
     features = torch.cat([encode(base_texts), feedback_features.repeat(repeats, 1)])
     targets = torch.tensor(np.concatenate([base_y, np.tile(feedback_targets, (repeats, 1))]))
