@@ -17,13 +17,16 @@ def predictor_group():
 @click.option("--epochs", type=int, default=None, help="Fine-tuning epochs (default from TrainConfig).")
 @click.option("--soup-seeds", type=int, default=None,
               help="Runs whose weights are averaged into one model (default from TrainConfig).")
+@click.option("--arena-weight", type=int, default=None,
+              help="Repeats of each Arena train prompt per epoch; 0 = AlpacaEval only (default from TrainConfig).")
 @click.option("--version", default=None, help="Version name (default: timestamp).")
-def train(out_dir, epochs, soup_seeds, version):
-    """Fine-tune MiniLM on the bundled AlpacaEval training split and write an artifact."""
+def train(out_dir, epochs, soup_seeds, arena_weight, version):
+    """Fine-tune MiniLM on the bundled training splits (AlpacaEval and Arena) and write an artifact."""
     from predictor.predictor import DEFAULT_ARTIFACT_DIR
     from predictor.train import TrainConfig, train_default
 
-    overrides = {k: v for k, v in {"epochs": epochs, "soup_seeds": soup_seeds}.items() if v is not None}
+    overrides = {k: v for k, v in {"epochs": epochs, "soup_seeds": soup_seeds,
+                                               "arena_weight": arena_weight}.items() if v is not None}
     cfg = TrainConfig(**overrides)
     meta = train_default(out_dir or DEFAULT_ARTIFACT_DIR, cfg, version=version)
     click.echo(json.dumps({"version": meta["version"], "validation": meta["metrics"]["validation"],
@@ -31,35 +34,44 @@ def train(out_dir, epochs, soup_seeds, version):
 
 
 @predictor_group.command(name="eval")
-@click.option("--prompts", "prompts_path", type=click.Path(exists=True, dir_okay=False), required=True)
-@click.option("--lengths", "lengths_path", type=click.Path(exists=True, dir_okay=False), required=True)
-@click.option("--target-model", required=True, help="Model whose output lengths are the ground truth.")
+@click.option("--prompts", "prompts_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Score this file instead of the bundled sources' validation splits.")
+@click.option("--lengths", "lengths_path", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--target-model", default=None,
+              help="Model whose output lengths are the ground truth (with --prompts: required; without: "
+                   "overrides every source's own target).")
 @click.option("--artifact", type=click.Path(exists=True, file_okay=False), default=None)
 @click.option("--include-trained", is_flag=True,
               help="Also score prompts the artifact was trained on (inflated; off by default).")
 def eval_command(prompts_path, lengths_path, target_model, artifact, include_trained):
-    """Score the predictor against real lengths; prints one JSON object. Never trains."""
+    """Score the predictor against real lengths; prints one JSON object. Never trains.
+
+    Without --prompts: Kendall tau, Spearman and MAE on the validation prompts of each bundled source
+    (AlpacaEval: Meta-Llama-3-8B-Instruct; Arena: gpt-4-0314), as that model and as an unknown model."""
     from predictor import data as D
-    from predictor.metrics import length_prediction_metrics
+    from predictor.evaluation import per_source_metrics, scored_prompts, target_and_unknown_metrics
     from predictor.predictor import LengthPredictor
 
+    if prompts_path is not None and (lengths_path is None or target_model is None):
+        raise click.UsageError("--prompts needs --lengths and --target-model")
     predictor = LengthPredictor.load(artifact)
+    if prompts_path is None:
+        sources = D.load_sources()
+        targets = {name: target_model for name in sources} if target_model else None
+        click.echo(json.dumps({"artifact_version": predictor.version,
+                               "sources": per_source_metrics(predictor, sources, include_trained=include_trained,
+                                                             targets=targets)}))
+        return
     lengths = D.load_output_tokens(lengths_path)
-    trained = set(predictor.meta.get("trained_prompt_hashes", []))
-    rows, skipped_trained = [], 0
-    for prompt in D.load_prompts(prompts_path):
-        if target_model not in lengths.get(prompt.prompt_id, {}):
-            continue
-        if not include_trained and D.prompt_text_hash(prompt.prompt) in trained:
-            skipped_trained += 1  # a held-out score must not include prompts the proxy has seen
-            continue
-        rows.append(prompt)
+    prompts = D.load_prompts(prompts_path)
+    source = D.Source("file", prompts, lengths, target_model)
+    trained = frozenset() if include_trained else frozenset(predictor.meta.get("trained_prompt_hashes", []))
+    # A held-out score must not include prompts the proxy has seen.
+    rows, skipped_trained = scored_prompts(source, [p.prompt_id for p in prompts], target_model, trained)
     if not rows:
         raise click.ClickException("no prompts with a length for the target model (after excluding trained)")
-    predicted = predictor.predict([p.prompt for p in rows], served_model=target_model)
-    result = length_prediction_metrics(predicted, [lengths[p.prompt_id][target_model] for p in rows])
-    result.update({"target_model": target_model, "artifact_version": predictor.version,
-                   "skipped_trained_prompts": skipped_trained})
+    result = target_and_unknown_metrics(predictor, rows, lengths, target_model)
+    result.update({"artifact_version": predictor.version, "skipped_trained_prompts": skipped_trained})
     click.echo(json.dumps(result))
 
 
@@ -103,6 +115,33 @@ def retrain(redis_url, registry_root, base_artifact, fine_tune_encoder, encoder_
         raise click.UsageError(str(exc)) from None
     click.echo(json.dumps({"version": meta["version"], "retrain": meta["retrain"],
                            "validation": meta["metrics"]["validation"]}))
+
+
+@predictor_group.command(name="retrain-demo")
+@click.option("--model", default=None, help="Served model whose Arena lengths are the traffic "
+                                            "(default: Mistral-7B-Instruct-v0.1, unseen by the shipped artifact).")
+@click.option("--redis-url", default=None, help="Default: SLUICE_REDIS_URL. The demo writes its own list there.")
+@click.option("--base-artifact", type=click.Path(exists=True, file_okay=False), default=None)
+@click.option("--fine-tune-encoder", is_flag=True, help="Retrain the whole model, not only the head.")
+@click.option("--feedback-weight", type=float, default=1.0, show_default=True)
+@click.option("--limit", type=int, default=None, help="Use only the first N traffic prompts.")
+def retrain_demo(model, redis_url, base_artifact, fine_tune_encoder, feedback_weight, limit):
+    """Retrain from one model's Arena train-split lengths fed through Redis; print held-out tau before/after."""
+    import redis
+
+    from core.settings import Settings
+    from predictor import data as D
+    from predictor.demo import run_demo
+
+    url = redis_url or Settings().redis_url
+    if not url:
+        raise click.UsageError("no Redis: pass --redis-url or set SLUICE_REDIS_URL")
+    try:
+        result = run_demo(redis.Redis.from_url(url), model or D.DEMO_MODEL, base_artifact=base_artifact,
+                          limit=limit, fine_tune_encoder=fine_tune_encoder, feedback_weight=feedback_weight)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from scipy.stats import kendalltau
 
 from predictor import data as D
 from predictor.model import CONSENSUS_HEAD, load_base
-from predictor.train import TrainConfig, fine_tune, target_matrix
+from predictor.train import TrainConfig, fine_tune, target_matrix, training_set
 
 
 def cv_fold(prompt_id: str, k: int) -> int:
@@ -39,6 +39,11 @@ def _setup():
     by_id = {p.prompt_id: p for p in prompts}
     model_names = sorted({m for per in lengths.values() for m in per})
     return train_ids, by_id, lengths, model_names
+
+
+def _run_model_names(d: Path, default: list[str]) -> list[str]:
+    # Joint runs have more heads than AlpacaEval's models; run() records them.
+    return json.loads((d / "config.json").read_text()).get("model_names", default)
 
 
 @torch.inference_mode()
@@ -58,14 +63,18 @@ def all_heads(model, tokenizer, texts, max_length, batch_size=32) -> np.ndarray:
 
 def run(name: str, cfg: TrainConfig, seeds: list[int], k: int, out: Path, folds: list[int] | None = None,
         save_weights: bool = True) -> None:
-    train_ids, by_id, lengths, model_names = _setup()
+    """Fits on the other folds' train prompts of both sources (Arena per cfg.arena_weight); saves every
+    head's predictions for the held-out fold of each: ``heads``/``ids`` (AlpacaEval), ``arena_heads``/``arena_ids``."""
+    sources = D.load_sources()
+    train_ids = {name: src.split()[0] for name, src in sources.items()}
     out = Path(out) / name
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({**asdict(cfg), "k": k}))
+    model_names = training_set(sources, train_ids, cfg)[2]
+    (out / "config.json").write_text(json.dumps({**asdict(cfg), "k": k, "model_names": model_names}))
     for fold in (folds if folds is not None else range(k)):
-        fit = [i for i in train_ids if cv_fold(i, k) != fold]
-        held = [i for i in train_ids if cv_fold(i, k) == fold]
-        y = target_matrix(fit, lengths, model_names)
+        fit = {n: [i for i in ids if cv_fold(i, k) != fold] for n, ids in train_ids.items()}
+        held = {n: [i for i in ids if cv_fold(i, k) == fold] for n, ids in train_ids.items()}
+        texts, y, _ = training_set(sources, fit, cfg, model_names)
         for seed in seeds:
             path = out / f"fold{fold}_seed{seed}.npz"
             if path.exists():
@@ -74,13 +83,30 @@ def run(name: str, cfg: TrainConfig, seeds: list[int], k: int, out: Path, folds:
             cfg_s = TrainConfig(**{**asdict(cfg), "seed": seed})
             torch.manual_seed(seed)  # head init
             model, tok = load_base(model_names, float(np.nanmean(y[:, CONSENSUS_HEAD])))
-            fine_tune(model, tok, [by_id[i].prompt for i in fit], y, cfg_s, show_progress=False)
-            heads = all_heads(model, tok, [by_id[i].prompt for i in held], cfg.max_length)
-            np.savez(path, heads=heads, ids=np.array(held))
+            fine_tune(model, tok, texts, y, cfg_s, show_progress=False)
+            saved = {}
+            for src, prefix in ((D.SOURCE_ALPACA, ""), (D.SOURCE_ARENA, "arena_")):
+                by_id = sources[src].by_id()
+                saved[prefix + "heads"] = all_heads(model, tok, [by_id[i].prompt for i in held[src]], cfg.max_length)
+                saved[prefix + "ids"] = np.array(held[src])
+            np.savez(path, **saved)
             if save_weights:
                 torch.save({kk: v.half() for kk, v in model.state_dict().items()}, out / f"fold{fold}_seed{seed}.pt")
             print(json.dumps({"name": name, "fold": fold, "seed": seed, "seconds": round(time.time() - started),
-                              **fold_scores(heads, held, lengths, model_names)}), flush=True)
+                              **source_fold_scores(saved, sources, model_names)}), flush=True)
+
+
+def source_fold_scores(saved, sources: dict[str, D.Source], model_names: list[str]) -> dict:
+    """Out-of-fold scores on each source's own target model (AlpacaEval keys unprefixed, as before)."""
+    res = {}
+    for src, prefix in ((D.SOURCE_ALPACA, ""), (D.SOURCE_ARENA, "arena_")):
+        if prefix + "heads" not in saved:
+            continue
+        target = sources[src].target_model
+        scores = fold_scores(saved[prefix + "heads"], list(saved[prefix + "ids"]), sources[src].lengths, model_names,
+                             target=target, head=D.ARENA_MODEL_ALIASES.get(target, target))
+        res.update({prefix + key: value for key, value in scores.items()})
+    return res
 
 
 def mix(heads: np.ndarray, own: int, w: float) -> np.ndarray:
@@ -93,8 +119,8 @@ def scored_rows(ids, lengths, target) -> tuple[list[int], list[int]]:
     return rows, [lengths[ids[n]][target] for n in rows]
 
 
-def fold_scores(heads, ids, lengths, model_names, target=D.DEFAULT_TARGET_MODEL) -> dict:
-    own = 1 + model_names.index(target)
+def fold_scores(heads, ids, lengths, model_names, target=D.DEFAULT_TARGET_MODEL, head: str | None = None) -> dict:
+    own = 1 + model_names.index(head or target)
     rows, actual = scored_rows(ids, lengths, target)
     median = [D.median_log_output_tokens(lengths[ids[n]], exclude_model=target) for n in rows]
     res = {}
@@ -183,25 +209,28 @@ def distil(out: Path, name: str, teacher_seeds: list[int], student_seed: int, la
 
 
 def summarize(out: Path, name: str, seeds: list[int] | None = None) -> dict:
-    _, by_id, lengths, model_names = _setup()
+    sources = D.load_sources()
     d = Path(out) / name
-    cfg = json.loads((d / "config.json").read_text())
-    k = cfg["k"]
+    model_names = _run_model_names(d, _setup()[3])
     per_fold = {}
     for f in sorted(d.glob("fold*_seed*.npz")):
         fold, seed = (int(x) for x in f.stem.replace("fold", "").split("_seed"))
         if seeds is None or seed in seeds:
-            per_fold.setdefault(fold, {})[seed] = np.load(f)
-    result = {"name": name, "folds": sorted(per_fold)}
+            per_fold.setdefault(fold, {})[seed] = dict(np.load(f))
+    result = {"name": name, "folds": sorted(per_fold), "runs": sum(len(r) for r in per_fold.values())}
     singles, ens = [], []
     for fold, runs in sorted(per_fold.items()):
-        ids = list(runs[next(iter(runs))]["ids"])
         for seed, r in runs.items():
-            singles.append(fold_scores(r["heads"], ids, lengths, model_names))
+            singles.append(source_fold_scores(r, sources, model_names))
         if len(runs) > 1:
-            ens.append(fold_scores(np.mean([r["heads"] for r in runs.values()], 0), ids, lengths, model_names))
+            first = next(iter(runs.values()))
+            mean = {key: (np.mean([r[key] for r in runs.values()], 0) if key.endswith("heads") else first[key])
+                    for key in first}
+            ens.append(source_fold_scores(mean, sources, model_names))
     avg = lambda rows: {key: round(float(np.mean([r[key] for r in rows])), 4) for key in rows[0]}
     result["single"] = avg(singles)
+    if len(singles) > 1:  # seed/fold spread of single runs: the noise any comparison must beat
+        result["single_sd"] = {key: round(float(np.std([r[key] for r in singles])), 4) for key in singles[0]}
     if ens:
         result["ensemble"] = avg(ens)
     return result
@@ -211,6 +240,7 @@ def soup(out: Path, name: str, seeds: list[int] | None = None) -> dict:
     """Weight-averages the seeds of each fold (one encoder pass at inference) and scores the soup."""
     train_ids, by_id, lengths, model_names = _setup()
     d = Path(out) / name
+    model_names = _run_model_names(d, model_names)
     cfg = json.loads((d / "config.json").read_text())
     k = cfg["k"]
     rows = []

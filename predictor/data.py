@@ -100,3 +100,39 @@ def median_log_output_tokens(lengths_by_model: dict[str, int], exclude_model: st
     values = sorted(math.log1p(n) for m, n in lengths_by_model.items() if m != exclude_model)
     mid = len(values) // 2
     return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
+
+
+# Arena model names that are the same model as an AlpacaEval head under another spelling: with shared heads
+# their Arena lengths train (and serving under either name reads) the AlpacaEval model's head. Identical
+# names need no entry. Only unambiguous pairs: "gpt-3.5-turbo" (which snapshot?) and "claude-1" stay apart.
+ARENA_MODEL_ALIASES = {"gpt-4-0314": "gpt4_0314", "gpt-4-1106-preview": "gpt4_1106_preview"}
+# An open model kept out of the shipped artifact's training data (no head, not in any consensus), so the
+# learning-from-traffic demonstration (predictor.demo) starts from a model the predictor has never seen,
+# as a user's own served model would be.
+DEMO_MODEL = "Mistral-7B-Instruct-v0.1"
+
+SOURCE_ALPACA = "alpaca_eval"
+SOURCE_ARENA = "arena"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One bundled dataset: its prompts, {prompt_id: {model: output_tokens}}, and the model it is scored on."""
+    name: str
+    prompts: list[Prompt]
+    lengths: dict[str, dict[str, int]]
+    target_model: str
+
+    def split(self) -> tuple[list[str], list[str]]:
+        return split_prompt_ids([p.prompt_id for p in self.prompts])
+
+    def by_id(self) -> dict[str, Prompt]:
+        return {p.prompt_id: p for p in self.prompts}
+
+
+def load_sources() -> dict[str, Source]:
+    """Both bundled datasets, keyed by source name (AlpacaEval first)."""
+    return {
+        SOURCE_ALPACA: Source(SOURCE_ALPACA, load_prompts(), load_output_tokens(), DEFAULT_TARGET_MODEL),
+        SOURCE_ARENA: Source(SOURCE_ARENA, load_arena_prompts(), load_arena_output_tokens(), ARENA_TARGET_MODEL),
+    }

