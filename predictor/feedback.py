@@ -78,7 +78,7 @@ def retrain(redis_client, base_artifact: str | Path | None, out_root: str | Path
             key: str = FEEDBACK_KEY, epochs: int = 30, feedback_weight: float = 1.0,
             version: str | None = None, make_current: bool = True, fine_tune_encoder: bool = False,
             encoder_epochs: int = 1, min_entries_for_new_head: int = MIN_ENTRIES_FOR_NEW_HEAD) -> dict:
-    """Re-fits on base AlpacaEval training data plus the feedback log; publishes a new version.
+    """Re-fits on the base artifact's training data plus the feedback log; publishes a new version.
 
     By default the encoder stays frozen and only the head is re-fit (~30 s on 2 cores), which uses every
     entry: prompt text where it was kept, the serving encoder's features otherwise.  With
@@ -199,9 +199,18 @@ def _refit_head(model, tokenizer, base, base_texts, base_y, text_rows, text_y, f
                                    torch.tensor(np.array(feature_rows, dtype=np.float32)).reshape(-1, model.head.in_features)])
     feedback_targets = np.concatenate([np.array(text_y, dtype=np.float32).reshape(-1, width),
                                        np.array(feature_y, dtype=np.float32).reshape(-1, width)])
+    # Only the outputs the traffic speaks about are re-fit (base rows anchor them); every other head stays as
+    # the base had it, so the consensus (mean of heads) other models rely on does not drift. Base prompts
+    # with no length for a re-fit output carry no signal and are not even encoded.
+    trained = torch.zeros(width, dtype=torch.bool)
+    trained[torch.tensor(sorted(set(np.nonzero(~np.isnan(feedback_targets))[1].tolist())), dtype=torch.long)] = True
+    useful = ~np.isnan(base_y[:, trained.numpy()]).all(1)
+    base_texts = [t for t, keep in zip(base_texts, useful) if keep]
     repeats = _repeats(feedback_weight)
     features = torch.cat([encode(base_texts), feedback_features.repeat(repeats, 1)])
-    targets = torch.tensor(np.concatenate([base_y, np.tile(feedback_targets, (repeats, 1))]))
+    targets = torch.tensor(np.concatenate([base_y[useful], np.tile(feedback_targets, (repeats, 1))]))
+    model.head.weight.register_hook(lambda grad: grad * trained.unsqueeze(1))
+    model.head.bias.register_hook(lambda grad: grad * trained)
 
     cfg = TrainConfig()
     optimizer = torch.optim.AdamW(model.head.parameters(), lr=5e-4, weight_decay=0.0)

@@ -1,4 +1,4 @@
-"""Fine-tuning the proxy on AlpacaEval lengths (and, for retraining, on the feedback log).
+"""Fine-tuning the proxy on AlpacaEval and Arena lengths (and, for retraining, on the feedback log).
 
 Targets are log1p(output tokens). Each training prompt supplies the consensus target (median over all
 models) plus every model's own length; missing entries are NaN and masked out of the loss. The loss
