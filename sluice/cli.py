@@ -464,6 +464,7 @@ def batch_list(limit, after, url, as_json) -> None:
     "cluster": "bench.cluster.cluster_command",
     "scale": "bench.scale.scale_command",
     "batch": "bench.batch_bench.batch_command",
+    "chaos": "bench.chaos.chaos_command",
 })
 def bench() -> None:
     """Benchmarks (results are ratios measured side by side in one run)."""
