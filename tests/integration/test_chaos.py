@@ -1,4 +1,4 @@
-"""The chaos benchmark, short: one worker SIGKILL (a replacement starts), one Redis restart (append-only,
+"""The chaos benchmark, short: one worker SIGKILL (of two: the other takes its requests), one Redis restart (append-only,
 fsync always) and one API replica SIGKILL, under a small mixed load (streaming, whole, async; both
 lanes).  Nothing accepted is lost, nothing is answered twice, no 5xx (a 503 with Retry-After during
 the outage is the documented answer and is only counted).  docs/operations.md, "Chaos benchmark"."""
@@ -12,11 +12,13 @@ from bench.chaos import ChaosOptions, run_chaos
 pytestmark = pytest.mark.integration
 
 
+# Starting two APIs and two vLLM workers on a loaded 2-core machine can take minutes (the suite's limit is 600 s).
+@pytest.mark.timeout(900)
 def test_a_worker_kill_a_redis_restart_and_an_api_replica_kill_lose_nothing(model_dir, log_dir, monkeypatch):
     monkeypatch.setenv("SLUICE_MODEL", str(model_dir))
     monkeypatch.setenv("SLUICE_DATA_DIR", str(log_dir / "chaos-data"))
     options = ChaosOptions(rate=1.0, max_tokens=8, baseline_s=6, gap_s=6, outage_s=2, drain_s=120,
-                           faults=("worker", "redis", "api"))
+                           faults=("worker", "redis", "api"), workers=2, replace_killed=False)
     report = run_chaos(options, echo=print)
     summary = {name: report[name] for name in ("requests_sent", "accepted", "completed", "lost", "answered_twice",
                                                "http_5xx", "http_503", "client_errors")}
