@@ -85,7 +85,7 @@ class ChaosOptions:
     outage_s: float = 3.0  # how long Redis stays down
     drain_s: float = 120.0  # after the load stops, how long requests may take to finish
     window_s: float = 5.0  # success-rate window for "recovered"
-    worker_start_s: float = 300.0  # how long a (replacement) worker may take to serve
+    worker_start_s: float = 600.0  # how long a (replacement) worker may take to serve (minutes on a loaded host)
     appendfsync: str = "always"
     faults: tuple[str, ...] = ALL_FAULTS
     workers: int = 1  # vLLM workers at the start (each ~3 GB)
@@ -250,8 +250,10 @@ class LoadGenerator:
                     outcome.stream_ends += 1
                     continue
                 chunk = json.loads(data)
-                if "error" in chunk:
+                if "error" in chunk:  # counted; a client with the request's id then reads its result
                     outcome.errors.append(f"stream_error:{chunk['error'].get('code') or chunk['error'].get('type')}")
+                    outcome.resumed = True
+                    await self._poll(outcome)
                     return None
                 for choice in chunk.get("choices", []):
                     parts.append(choice.get("text") or "")
@@ -287,10 +289,10 @@ class LoadGenerator:
                     return
             elif reply.status_code == 503:
                 outcome.http_503 += 1
-            elif reply.status_code >= 500:
+            elif reply.status_code >= 500:  # counted, and polled again (what a client does)
                 outcome.http_5xx += 1
-                outcome.errors.append(f"poll_http_{reply.status_code}")
-                return
+                if f"poll_http_{reply.status_code}" not in outcome.errors:
+                    outcome.errors.append(f"poll_http_{reply.status_code}")
             await asyncio.sleep(1.0)
 
 
@@ -364,6 +366,7 @@ class Round:
         self.load: LoadGenerator | None = None
         self.extra: dict = {}
         self.killed: set[int] = set()  # pids the faults killed (the others died by themselves)
+        self.warm_up_ids: set[str] = set()  # the requests that checked the stack serves, not the load's
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -394,6 +397,8 @@ class Round:
                     "model": MODEL, "prompt": "warm up", "max_tokens": 2, "ignore_eos": True})
             except httpx.HTTPError:
                 return False
+            if reply.status_code == 200:
+                self.warm_up_ids.add(reply.json()["id"])
             return reply.status_code == 200
 
         wait_for(served, timeout, "the stack to serve a request", interval=1.0, child=child)
@@ -519,7 +524,7 @@ class Round:
         client = sync_client(redis_url)
         ledger = Ledger(client)
         ids = {key.decode()[len("sluice:req:"):] for key in client.scan_iter("sluice:req:*", count=1000)
-               if key.count(b":") == 2}
+               if key.count(b":") == 2} - self.warm_up_ids
         outcomes = [o for o in self.load.outcomes]
         by_id = {o.request_id: o for o in outcomes if o.request_id}
         accepted_ids = ids | {o.request_id for o in outcomes if o.accepted_at is not None and o.request_id}
@@ -608,7 +613,10 @@ class Round:
         return figures
 
     def stop(self) -> None:
-        self.cluster.stop_processes()
+        # An API holding a client's open stream can take a minute to stop gracefully; the bench need not wait.
+        for process in reversed(self.cluster.processes):
+            process.stop(timeout=15 if process in self.apis.values() else 30)
+        self.cluster.processes.clear()
 
 
 def _alive(process: psutil.Process) -> bool:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.integration
 
 
 # Starting two APIs and two vLLM workers on a loaded 2-core machine can take minutes (the suite's limit is 600 s).
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_a_worker_kill_a_redis_restart_and_an_api_replica_kill_lose_nothing(model_dir, log_dir, monkeypatch):
     monkeypatch.setenv("SLUICE_MODEL", str(model_dir))
     monkeypatch.setenv("SLUICE_DATA_DIR", str(log_dir / "chaos-data"))
