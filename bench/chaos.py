@@ -585,38 +585,43 @@ class Round:
         }
 
     def recovery(self) -> list[dict]:
-        outcomes = self.load.outcomes
-        window = self.options.window_s
-        first_fault = self.faults[0]["at_s"] if self.faults else math.inf
-        baseline = [o for o in outcomes if o.sent_at < first_fault]
-        baseline_rate = (sum(o.succeeded for o in baseline) / len(baseline)) if baseline else 1.0
-        figures = []
-        for fault in self.faults:
-            at = fault["at_s"]
-            after = [o for o in outcomes if o.sent_at >= at]
-            accepted = [o.accepted_at - at for o in after if o.accepted_at is not None]
-            answered = [o.answered_at - at for o in outcomes if o.answered_at is not None and o.answered_at >= at
-                        and not o.errors]
-            back = None
-            for start in [o.sent_at for o in after]:
-                sample = [o for o in after if start <= o.sent_at < start + window]
-                if sample and sum(o.succeeded for o in sample) / len(sample) >= baseline_rate:
-                    back = start - at
-                    break
-            latencies = [o.answered_at - o.sent_at for o in outcomes
-                         if o.answered_at is not None and at - window <= o.sent_at < at + window]
-            figures.append({**fault,
-                            "first_accepted_after_s": round(min(accepted), 2) if accepted else None,
-                            "first_completed_after_s": round(min(answered), 2) if answered else None,
-                            "success_rate_back_after_s": round(back, 2) if back is not None else None,
-                            "max_latency_around_s": round(max(latencies), 2) if latencies else None})
-        return figures
+        return recovery_figures(self.load.outcomes, self.faults, self.options.window_s)
 
     def stop(self) -> None:
         # An API holding a client's open stream can take a minute to stop gracefully; the bench need not wait.
         for process in reversed(self.cluster.processes):
             process.stop(timeout=15 if process in self.apis.values() else 30)
         self.cluster.processes.clear()
+
+
+def recovery_figures(outcomes: list[Outcome], faults: list[dict], window_s: float) -> list[dict]:
+    """Per fault (pure): from the fault (``at_s``) to the first accepted request sent after it, to the first
+    answer after it, and to the first ``window_s`` window of requests (by send time) whose success rate is
+    back at the rate before the first fault; and the slowest answer among requests sent within a window."""
+    first_fault = faults[0]["at_s"] if faults else math.inf
+    baseline = [o for o in outcomes if o.sent_at < first_fault]
+    baseline_rate = (sum(o.succeeded for o in baseline) / len(baseline)) if baseline else 1.0
+    figures = []
+    for fault in faults:
+        at = fault["at_s"]
+        after = [o for o in outcomes if o.sent_at >= at]
+        accepted = [o.accepted_at - at for o in after if o.accepted_at is not None]
+        answered = [o.answered_at - at for o in outcomes if o.answered_at is not None and o.answered_at > at
+                    and not o.errors]
+        back = None
+        for start in [o.sent_at for o in after]:
+            sample = [o for o in after if start <= o.sent_at < start + window_s]
+            if sum(o.succeeded for o in sample) / len(sample) >= baseline_rate:
+                back = start - at
+                break
+        latencies = [o.answered_at - o.sent_at for o in outcomes
+                     if o.answered_at is not None and at - window_s <= o.sent_at < at + window_s]
+        figures.append({**fault,
+                        "first_accepted_after_s": round(min(accepted), 2) if accepted else None,
+                        "first_completed_after_s": round(min(answered), 2) if answered else None,
+                        "success_rate_back_after_s": round(back, 2) if back is not None else None,
+                        "max_latency_around_s": round(max(latencies), 2) if latencies else None})
+    return figures
 
 
 def _alive(process: psutil.Process) -> bool:
