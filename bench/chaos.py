@@ -79,7 +79,7 @@ SUBMIT_GIVE_UP_S = 90.0  # a request not accepted within this long (every replic
 @dataclass
 class ChaosOptions:
     rate: float = 1.0  # requests per second, all kinds and lanes together
-    max_tokens: int = 16
+    max_tokens: int = 64  # long enough that streams are in flight when a replica dies
     baseline_s: float = 15.0  # load before the first fault
     gap_s: float = 20.0  # load after a fault has recovered, before the next
     outage_s: float = 3.0  # how long Redis stays down
@@ -721,7 +721,7 @@ def run_chaos(options: ChaosOptions, json_out: str | None = None, echo=print) ->
 @click.option("--faults", default=",".join(ALL_FAULTS), show_default=True,
               help="Which faults, in order: worker, redis, api (one stack), failover (a Sentinel stack).")
 @click.option("--rate", type=float, default=1.0, show_default=True, help="Requests per second (all kinds).")
-@click.option("--max-tokens", type=int, default=16, show_default=True)
+@click.option("--max-tokens", type=int, default=64, show_default=True)
 @click.option("--baseline-s", type=float, default=15.0, show_default=True, help="Load before the first fault.")
 @click.option("--gap-s", type=float, default=20.0, show_default=True, help="Load between recovered faults.")
 @click.option("--outage-s", type=float, default=3.0, show_default=True, help="How long Redis stays down.")

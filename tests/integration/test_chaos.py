@@ -17,12 +17,13 @@ pytestmark = pytest.mark.integration
 def test_a_worker_kill_a_redis_restart_and_an_api_replica_kill_lose_nothing(model_dir, log_dir, monkeypatch):
     monkeypatch.setenv("SLUICE_MODEL", str(model_dir))
     monkeypatch.setenv("SLUICE_DATA_DIR", str(log_dir / "chaos-data"))
-    options = ChaosOptions(rate=1.0, max_tokens=8, baseline_s=6, gap_s=6, outage_s=2, drain_s=120,
+    options = ChaosOptions(rate=1.0, max_tokens=32, baseline_s=6, gap_s=6, outage_s=2, drain_s=120,
                            faults=("worker", "redis", "api"), workers=2, replace_killed=False)
     report = run_chaos(options, echo=print)
     summary = {name: report[name] for name in ("requests_sent", "accepted", "completed", "lost", "answered_twice",
                                                "http_5xx", "http_503", "client_errors")}
     detail = f"{summary}; faults {report['faults']}; logs in {report['logs']}"
+    print(detail)
     assert [fault["fault"] for fault in report["faults"]] == ["worker", "redis", "api"], detail
     assert report["accepted"] > 0, detail
     assert report["lost"] == 0, detail
