@@ -80,10 +80,10 @@ SUBMIT_GIVE_UP_S = 90.0  # a request not accepted within this long (every replic
 class ChaosOptions:
     rate: float = 1.0  # requests per second, all kinds and lanes together
     max_tokens: int = 64  # long enough that streams are in flight when a replica dies
-    baseline_s: float = 15.0  # load before the first fault
-    gap_s: float = 20.0  # load after a fault has recovered, before the next
+    baseline_s: float = 10.0  # load before the first fault
+    gap_s: float = 10.0  # load after a fault has recovered, before the next
     outage_s: float = 3.0  # how long Redis stays down
-    drain_s: float = 120.0  # after the load stops, how long requests may take to finish
+    drain_s: float = 90.0  # after the load stops, how long requests may take to finish
     window_s: float = 5.0  # success-rate window for "recovered"
     worker_start_s: float = 600.0  # how long a (replacement) worker may take to serve (minutes on a loaded host)
     appendfsync: str = "always"
@@ -722,10 +722,11 @@ def run_chaos(options: ChaosOptions, json_out: str | None = None, echo=print) ->
               help="Which faults, in order: worker, redis, api (one stack), failover (a Sentinel stack).")
 @click.option("--rate", type=float, default=1.0, show_default=True, help="Requests per second (all kinds).")
 @click.option("--max-tokens", type=int, default=64, show_default=True)
-@click.option("--baseline-s", type=float, default=15.0, show_default=True, help="Load before the first fault.")
-@click.option("--gap-s", type=float, default=20.0, show_default=True, help="Load between recovered faults.")
+@click.option("--baseline-s", type=float, default=10.0, show_default=True, help="Load before the first fault.")
+@click.option("--gap-s", type=float, default=10.0, show_default=True, help="Load between recovered faults.")
 @click.option("--outage-s", type=float, default=3.0, show_default=True, help="How long Redis stays down.")
-@click.option("--drain-s", type=float, default=120.0, show_default=True)
+@click.option("--drain-s", type=float, default=90.0, show_default=True,
+              help="After the load stops, how long accepted requests may take before they count as lost.")
 @click.option("--appendfsync", type=click.Choice(["always", "everysec"]), default="always", show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True, help="vLLM workers per stack (~3 GB each).")
 @click.option("--replace-killed/--no-replace-killed", default=True, show_default=True,
