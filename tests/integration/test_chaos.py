@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_a_worker_kill_a_redis_restart_and_an_api_replica_kill_lose_nothing(model_dir, log_dir, monkeypatch):
     monkeypatch.setenv("SLUICE_MODEL", str(model_dir))
     monkeypatch.setenv("SLUICE_DATA_DIR", str(log_dir / "chaos-data"))
-    options = ChaosOptions(rate=1.0, max_tokens=32, baseline_s=6, gap_s=6, outage_s=2, drain_s=120,
+    options = ChaosOptions(rate=1.0, max_tokens=128, baseline_s=6, gap_s=6, outage_s=2, drain_s=120,
                            faults=("worker", "redis", "api"), workers=2, replace_killed=False)
     report = run_chaos(options, echo=print)
     summary = {name: report[name] for name in ("requests_sent", "accepted", "completed", "lost", "answered_twice",
@@ -30,5 +30,6 @@ def test_a_worker_kill_a_redis_restart_and_an_api_replica_kill_lose_nothing(mode
     assert report["answered_twice"] == 0, detail
     assert report["http_5xx"] == 0, detail
     assert report["completed"] == report["accepted"], detail
+    assert report["requests_sent"] <= report["accepted"] + sum(report["client_errors"].values()), detail
     # Every fault was followed by a request that got its answer (the stack recovered from each).
     assert all(fault["first_completed_after_s"] is not None for fault in report["faults"]), detail
