@@ -10,11 +10,11 @@ import tempfile
 import threading
 from pathlib import Path
 
-import redis
 
 from core import keys
 from core.embedded_valkey import start_embedded_valkey
 from core.processes import Child, free_port, http_ok, sluice_argv, wait_for
+from core.redis_clients import sync_client
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class BenchCluster:
             self._valkey = start_embedded_valkey(self.log_dir / "valkey")
             redis_url = self._valkey.connection_url + "/0"
         self.redis_url = redis_url
-        self.redis = redis.Redis.from_url(redis_url)
+        self.redis = sync_client(redis_url)  # a redis+sentinel:// URL too, where this build has them
         self.redis.flushdb()
         # The children's settings: this Redis, the model and data dir the bench was given, and extra_env.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}

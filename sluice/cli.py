@@ -576,6 +576,7 @@ def batch_list(limit, after, url, as_json) -> None:
     "batch": "bench.batch_bench.batch_command",
     "replica-wait": "bench.replica_wait_bench.replica_wait_command",
     "fuzz": "bench.fuzz.fuzz_command",
+    "chaos": "bench.chaos.chaos_command",
 })
 def bench() -> None:
     """Benchmarks (results are ratios measured side by side in one run)."""

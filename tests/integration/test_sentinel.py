@@ -24,7 +24,7 @@ from core.redis_clients import async_client, sync_client
 from core.settings import Settings
 from tests.conftest import ROOT, wait_until
 from tests.integration.conftest import enqueue_direct
-from tests.sentinel_group import SentinelGroup
+from bench.sentinel_group import SentinelGroup
 
 pytestmark = pytest.mark.integration
 
