@@ -19,7 +19,7 @@ import copy
 import json
 import math
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 
 import click
@@ -354,11 +354,30 @@ def run_cluster_bench(
     sizing = size_static_peak(setup) if "static_peak" in policies else None
     bound = offline_bound_schedule(setup) if "offline_bound" in policies else None
     jobs = [(p, setup, progress and workers <= 1) for p in policies]
+    # Each policy's summary is printed and saved (to <json>.partial) as it finishes: a day or a week takes
+    # long on a shared machine, and a run stopped before the last policy keeps the others' results.
+    finished: dict[str, tuple[dict, dict]] = {}
+
+    def keep(policy: str, output: tuple[dict, dict]) -> None:
+        finished[policy] = output
+        summary = output[0]
+        print(f"{policy}: interactive SLO {summary['interactive_slo_attainment']:.4f}, batch deadlines "
+              f"{summary['batch_deadline_attainment']:.4f}, {summary['gpu_hours']:.1f} GPU-h, "
+              f"{summary['scale_actions_per_hour']:.1f} actions/h", flush=True)
+        if json_out:
+            with open(json_out + ".partial", "w") as f:
+                json.dump({"policies": {p: o[0] for p, o in finished.items()}, "workload": setup.workload_name}, f,
+                          indent=2)
+
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            outputs = list(_iter_with_bar(pool.map(_simulate_job, jobs), len(jobs), progress))
+            futures = {pool.submit(_simulate_job, job): job[0] for job in jobs}
+            for future in _iter_with_bar(as_completed(futures), len(jobs), progress):
+                keep(futures[future], future.result())
     else:
-        outputs = [_simulate_job(j) for j in jobs]
+        for job in jobs:
+            keep(job[0], _simulate_job(job))
+    outputs = [finished[p] for p in policies]
     summaries = {p: summary for p, (summary, _) in zip(policies, outputs)}
     if "offline_bound" in summaries:
         floor = summaries["offline_bound"]["gpu_hours"]
