@@ -15,8 +15,9 @@ import psutil
 import pytest
 import redis
 
+from bench.chaos import StandaloneRedis
 from core import keys
-from core.processes import Child, http_ok
+from core.processes import http_ok
 from tests.conftest import Process, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -25,38 +26,9 @@ WORKER = "resil@test"
 MAX_TOKENS = 600
 
 
-class RedisServer:
-    """A redis-server of the test's own, append-only with an fsync per write, restartable on its files."""
-
-    def __init__(self, data_dir, log_dir):
-        self.port = free_port()
-        self.data_dir = data_dir
-        self.log_dir = log_dir
-        self.child: Child | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.child = Child("redis", ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                     "--dir", str(self.data_dir), "--appendonly", "yes", "--appendfsync", "always",
-                                     "--save", ""], log_path=self.log_dir / "redis.log", append_log=True)
-        wait_until(self.answers, 15, "redis-server")
-
-    def answers(self) -> bool:
-        try:
-            return redis.Redis.from_url(self.url, socket_connect_timeout=1).ping()
-        except redis.RedisError:
-            return False
-
-    def kill(self) -> None:
-        self.child.kill()
-
-
 @pytest.fixture(scope="module")
 def outage_stack(model_dir, log_dir, tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis-aof"), log_dir)
+    server = StandaloneRedis(tmp_path_factory.mktemp("redis-aof"), appendfsync="always")  # an fsync per write
     server.start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     env.update(SLUICE_REDIS_URL=server.url, SLUICE_MODEL=str(model_dir), SLUICE_DATA_DIR=str(log_dir / "resil-data"),
@@ -74,8 +46,7 @@ def outage_stack(model_dir, log_dir, tmp_path_factory):
     finally:
         for process in reversed(processes):
             process.stop()
-        if server.child is not None:
-            server.child.stop(10)
+        server.stop()
 
 
 def healthz(base: str) -> tuple[int, dict]:
