@@ -30,6 +30,7 @@ from scaler.policies import POLICY_NAMES, get_policy
 from scaler.sim.cluster import ClusterSimulation, SimResult, SimSettings
 from scaler.sim.latency import InstanceProfile, engine, instance_profile
 from scaler.sim.offline_bound import OfflineSchedule, offline_schedule
+from scaler.sim.profile import SustainedProfile, sustained_profile
 from scaler.sim.workload import (
     Requests,
     ServeGenWorkloadConfig,
@@ -55,6 +56,8 @@ class BenchSetup:
     workload_name: str = "azure-hour"
     servegen: ServeGenWorkloadConfig = field(default_factory=ServeGenWorkloadConfig)
     offline_window_s: float = 60.0  # the offline bound's window (one cold start)
+    # The simulated load test's capacity (scaler.sim.profile), measured once per run by run_cluster_bench.
+    sustained: SustainedProfile | None = None
 
 
 def tuned_scaler_config() -> ScalerConfig:
@@ -241,9 +244,27 @@ def latency_profiles(setup: "BenchSetup", built: BuiltWorkload) -> tuple[Instanc
     return inter, batch
 
 
+def sustained_interactive_profile(setup: "BenchSetup") -> SustainedProfile:
+    """Interactive capacity per instance as a simulated load test measures it (8 instances, Poisson arrivals
+    with the conv trace's lengths, 99% SLO attainment): the latency model's figure, never the workload's."""
+    if setup.sustained is None:
+        built = build_workload(setup)
+        inter, _ = latency_profiles(setup, built)
+        settings = replace(setup.settings, interactive_prior_mean_tokens=float(built.conv.generated_tokens.mean()))
+        setup.sustained = sustained_profile(
+            engine(setup.model, setup.gpu, setup.tensor_parallel), setup.scaler, settings,
+            built.conv.context_tokens, built.conv.generated_tokens, inter.interactive_rps,
+            attainment=SLO_TARGET, instances=8,
+        )
+    return setup.sustained
+
+
 def offline_bound_schedule(setup: "BenchSetup") -> OfflineSchedule:
     built = build_workload(setup)
     inter, batch = latency_profiles(setup, built)
+    # The bound plans each instance at what it sustains at the SLO, not at the mean-ITL maximum: planned at
+    # the latter it could not meet the SLO it bounds (its replay queued without end).
+    inter = replace(inter, interactive_rps=sustained_interactive_profile(setup).requests_per_s)
     limit = setup.scaler.limits("batch").max_instances
     return offline_schedule(
         built.interactive, built.batch, built.horizon_s, inter, batch, setup.scaler.chiron.cold_start_s,
@@ -314,7 +335,8 @@ def apply_workload_tuning(setup: BenchSetup) -> dict:
     built = build_workload(setup)
     inter, batch = latency_profiles(setup, built)
     tuning = {
-        "chiron.interactive_capacity_tokens_per_s_prior": round(inter.interactive_tokens_per_s),
+        # What a simulated `sluice profile` measures (scaler.sim.profile), not the mean-ITL maximum.
+        "chiron.interactive_capacity_tokens_per_s_prior": round(sustained_interactive_profile(setup).tokens_per_s),
         # Chiron counts batch work in output tokens (the predicted lengths), so the prior is too.
         "chiron.batch_tokens_per_s_prior": round(batch.batch_rps * float(built.code.generated_tokens.mean())),
     }
@@ -389,6 +411,7 @@ def run_cluster_bench(
         "comparisons": comparisons(summaries, setup, sizing),
         "static_peak_sizing": sizing,
         "offline_bound_schedule": bound.inputs if bound else None,
+        "sustained_profile": _profile_report(setup.sustained),
         "workload_tuning": tuning,
         "setup": {
             "hours": built.arrival_window_s / 3600.0,
@@ -410,6 +433,14 @@ def run_cluster_bench(
     if plot_out:
         plot_timelines({p: tl for p, (_, tl) in zip(policies, outputs)}, report, plot_out)
     return report
+
+
+def _profile_report(profile: SustainedProfile | None) -> dict | None:
+    if profile is None:
+        return None
+    return {**profile.__dict__, "share_of_analytic": profile.share_of_analytic,
+            "method": "simulated load test: Poisson arrivals with the conv trace's lengths on a static pool of "
+            f"{profile.instances} mixed instances, {profile.minutes:g} min per step, bisection on the rate"}
 
 
 def comparisons(summaries: dict, setup: BenchSetup, sizing: dict | None) -> dict:

@@ -138,10 +138,16 @@ def demand_window(snapshot: ClusterSnapshot, state: ChironState, config: ScalerC
     cfg = config.chiron
     now = snapshot.now
     rate = snapshot.interactive.arrival_tokens_per_s if snapshot.interactive else 0.0
-    keep = max(cfg.demand_window_s, cfg.trend_window_s, cfg.period_s)
+    keep = max(cfg.demand_window_s + cfg.demand_smoothing_s, cfg.trend_window_s, cfg.period_s)
     history = tuple((t, v) for t, v in state.demand if now - t < keep) + ((now, rate),)
-    peak = max(v for t, v in history if now - t < cfg.demand_window_s)
-    reason = f"arrival {rate:.0f} tok/s; peak of the last {cfg.demand_window_s:.0f} s {peak:.0f} tok/s"
+
+    def smoothed(at: float, value: float) -> float:  # mean rate of the periods in (at - demand_smoothing_s, at]
+        rates = [v for t, v in history if at - cfg.demand_smoothing_s < t <= at] or [value]
+        return sum(rates) / len(rates)
+
+    peak = max(smoothed(t, v) for t, v in history if now - t < cfg.demand_window_s)
+    smoothing = f" ({cfg.demand_smoothing_s:.0f}-s means)" if cfg.demand_smoothing_s > 0 else ""
+    reason = f"arrival {rate:.0f} tok/s; peak of the last {cfg.demand_window_s:.0f} s{smoothing} {peak:.0f} tok/s"
     return Step("demand_window", DemandWindow(history, rate, peak), reason)
 
 

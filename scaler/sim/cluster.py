@@ -31,6 +31,7 @@ from scaler.decision import ScaleDecision
 from scaler.local_autoscaler import LocalObservation, LocalState, next_admission_limit
 from scaler.policies import Policy, get_policy
 from scaler.sim.latency import EngineModel
+from scaler.sim.queue import RankedQueue
 from scaler.sim.workload import Requests
 from scaler.state import ClusterSnapshot, DeadlineGroup, LaneObservation, PoolObservation, WorkerObservation
 
@@ -57,6 +58,10 @@ class SimSettings:
     # A mixed instance lends at most this share of a quantum to batch prefills, keeping headroom
     # for interactive arrivals (which also preempt batch sequences outright).
     mixed_batch_prefill_share: float = 0.25
+    # A worker reports tokens/s over its last 5 s (workers.engine_stats.EngineState.tokens_per_second), not
+    # over one control period: a 1-s count swings with how many prefills fell in that second, and the local
+    # autoscaler read such swings as a throughput drop after an increase (backpressure), halving the limit.
+    throughput_window_s: float = 5.0
 
 
 @dataclass
@@ -116,10 +121,10 @@ class ClusterSimulation:
         if self.n_jobs:
             self.job_deadline[batch.job] = batch.deadline_s
         self.job_arrived = np.zeros(self.n_jobs, dtype=bool)
-        self.iq = np.zeros(0, dtype=int)
-        self.bq = np.zeros(0, dtype=int)  # batch queue, kept in EDF order (deadline, then id): see batch_rank
-        self.batch_rank = np.zeros(n, dtype=np.int64)
-        self.batch_rank[np.lexsort((np.arange(n), self.deadline))] = np.arange(n)
+        self.iq = RankedQueue(np.arange(n))  # interactive: FCFS (ids are in arrival order)
+        batch_rank = np.zeros(n, dtype=np.int64)
+        batch_rank[np.lexsort((np.arange(n), self.deadline))] = np.arange(n)
+        self.bq = RankedQueue(batch_rank)  # batch: EDF (deadline, then id)
         self.run_ids = np.zeros(0, dtype=int)
         self.next_interactive = 0
         self.next_batch = self.n_interactive
@@ -136,6 +141,8 @@ class ClusterSimulation:
         self.acc_busy = np.zeros(0)  # seconds with work, this control period
         self.acc_steps = np.zeros(0)
         self.acc_tokens = np.zeros(0)
+        self.token_history = np.zeros((1, 0))  # tokens per control period, the last throughput window's worth
+        self._control_rounds = 0
         self.acc_interactive = np.zeros(0, dtype=bool)
         self.clock = np.zeros(0)  # decode steps done since launch: all running sequences share them
         self.kv_used = np.zeros(0)
@@ -170,6 +177,7 @@ class ClusterSimulation:
             setattr(self, name, grow(getattr(self, name), 0.0))
         self.n_run = grow(self.n_run, 0)
         self.n_run_batch = grow(self.n_run_batch, 0)
+        self.token_history = np.concatenate([self.token_history, np.zeros((self.token_history.shape[0], count))], axis=1)
         self.local.extend(LocalState.initial(self.config.local) for _ in range(count))
         self._next_ready = min(getattr(self, "_next_ready", np.inf), ready_at)
 
@@ -186,21 +194,26 @@ class ClusterSimulation:
             self.status[i] = DRAINING
 
     # ------------------------------------------------------------------ queueing
-    def _assign(self, queue: np.ndarray, free: np.ndarray, load: np.ndarray, kv_free: np.ndarray, prefill_left: np.ndarray):
-        """Hand the head of ``queue`` to instances, least loaded slot first; returns (ids, instances, rest).
+    def _assign(self, queue: RankedQueue, free: np.ndarray, load: np.ndarray, kv_free: np.ndarray, prefill_left: np.ndarray):
+        """Hand the head of ``queue`` to instances, least loaded slot first; returns (ids, instances).
 
         An instance takes a request only if its KV reservation fits and the prefill already taken
-        this quantum is below ``prefill_left`` (so the first one always goes in).
+        this quantum is below ``prefill_left`` (so the first one always goes in). The ones offered
+        but not taken go back to the head of the queue, in order.
         """
+        empty = np.zeros(0, dtype=int)
         if queue.size == 0:
-            return queue, queue, queue
+            return empty, empty
         owners = np.flatnonzero(free > 0)
         if owners.size == 0:
-            return queue[:0], queue[:0], queue
+            return empty, empty
         counts = free[owners]
         k = min(queue.size, int(counts.sum()))
+        cand = queue.take(k)
         if k <= SMALL_ASSIGN:
-            return self._assign_few(queue, k, owners, counts, load, kv_free, prefill_left)
+            ids, slots, refused = self._assign_few(cand, owners, counts, load, kv_free, prefill_left)
+            queue.add_front(refused)
+            return ids, slots
         if owners.size == 1:
             slots = np.full(k, owners[0])
         else:
@@ -211,7 +224,6 @@ class ClusterSimulation:
             # to the lower instance index.
             level = np.repeat(load[owners] - (ends - counts), counts) + np.arange(int(ends[-1]))
             slots = slots[np.argsort(level * free.size + slots, kind="stable")[:k]]
-        cand = queue[:k]
         order = np.argsort(slots, kind="stable")
         s_sorted, c_sorted = slots[order], cand[order]
         first = np.searchsorted(s_sorted, s_sorted, side="left")
@@ -223,22 +235,22 @@ class ClusterSimulation:
         ok = np.empty(k, dtype=bool)
         ok[order] = (kv_in_group <= kv_free[s_sorted]) & (pf_before < prefill_left[s_sorted])
         if ok.all():
-            return cand, slots, queue[k:]
-        return cand[ok], slots[ok], np.concatenate([cand[~ok], queue[k:]])
+            return cand, slots
+        queue.add_front(cand[~ok])
+        return cand[ok], slots[ok]
 
-    def _assign_few(self, queue, k, owners, free, load, kv_free, prefill_left):
+    def _assign_few(self, cand, owners, free, load, kv_free, prefill_left):
         """``_assign`` for a few requests, in plain Python: a heap of (load, instance) slots beats
         two dozen numpy calls on tiny arrays. Same result: slot j goes to the j-th request; a request
         that does not fit stays queued but still counts against its instance for the ones after it."""
         heap = [(int(load[i]), int(i)) for i in owners]
         heapq.heapify(heap)
         left = dict(zip(owners.tolist(), free.tolist()))
-        cand = queue[:k].tolist()
         kv_need, prefill_s = self.kv_need, self.prefill_s
         kv_sum: dict[int, float] = {}
         pf_sum: dict[int, float] = {}
         taken, slots, rest = [], [], []
-        for r in cand:
+        for r in cand.tolist():
             level, i = heapq.heappop(heap)
             left[i] -= 1
             if left[i] > 0:
@@ -251,22 +263,13 @@ class ClusterSimulation:
                 slots.append(i)
             else:
                 rest.append(r)
-        ids = np.array(taken, dtype=queue.dtype)
-        if rest:
-            return ids, np.array(slots, dtype=int), np.concatenate([np.array(rest, dtype=queue.dtype), queue[k:]])
-        return ids, np.array(slots, dtype=int), queue[k:]
-
-    def _requeue_batch(self, ids: np.ndarray) -> None:
-        """Merge ``ids`` into the batch queue, keeping EDF order without re-sorting the whole queue."""
-        if ids.size:
-            ids = ids[np.argsort(self.batch_rank[ids], kind="stable")]
-            at = np.searchsorted(self.batch_rank[self.bq], self.batch_rank[ids])
-            self.bq = np.insert(self.bq, at, ids)
+        return np.array(taken, dtype=cand.dtype), np.array(slots, dtype=int), np.array(rest, dtype=cand.dtype)
 
     # ---------------------------------------------------------------------- loop
     def run(self, progress=None) -> SimResult:
         s, cfg = self.settings, self.config
         dt = s.dt_s
+        self.token_history = np.zeros((max(1, round(s.throughput_window_s / cfg.local.control_period_s)), 0))
         for pool, count in self.initial_counts().items():
             if count:
                 self._launch(pool, count, 0.0, 0.0)
@@ -319,7 +322,7 @@ class ClusterSimulation:
     def _arrive(self, t: float) -> None:
         end_i = int(np.searchsorted(self.arrival[: self.n_interactive], t, side="left"))
         if end_i > self.next_interactive:
-            self.iq = np.concatenate([self.iq, np.arange(self.next_interactive, end_i)])
+            self.iq.add(np.arange(self.next_interactive, end_i))
             self._arrivals_since += end_i - self.next_interactive
             self._arrivals_since_policy += end_i - self.next_interactive
             self._arrival_tokens_since_policy += float(
@@ -331,7 +334,7 @@ class ClusterSimulation:
         if end_b > self.next_batch:
             new = np.arange(self.next_batch, end_b)
             self.job_arrived[np.unique(self.job[new])] = True
-            self._requeue_batch(new)
+            self.bq.add(new)
             self.next_batch = end_b
 
     def _quantum(self, t: float, dt: float) -> None:
@@ -344,7 +347,7 @@ class ClusterSimulation:
         adm_i = inst_i = np.zeros(0, dtype=int)
         if self.iq.size:
             free = np.where(serving, np.maximum(self.limit - self.n_run, 0), 0)
-            adm_i, inst_i, self.iq = self._assign(self.iq, free, self.n_run, self.kv_capacity - self.kv_used, prefill_left)
+            adm_i, inst_i = self._assign(self.iq, free, self.n_run, self.kv_capacity - self.kv_used, prefill_left)
             self._admit(adm_i, inst_i)
             prefill_left = prefill_left - np.bincount(inst_i, weights=self.prefill_s[adm_i], minlength=n_inst)
         if self.iq.size:
@@ -353,9 +356,9 @@ class ClusterSimulation:
                 self._remove(victims, self.inst[victims])
                 self.inst[victims] = -1
                 self.run_ids = self.run_ids[self.inst[self.run_ids] >= 0]
-                self._requeue_batch(victims)
+                self.bq.add_front(victims)
                 free = np.where(serving, np.maximum(self.limit - self.n_run, 0), 0)
-                more, more_inst, self.iq = self._assign(self.iq, free, self.n_run, self.kv_capacity - self.kv_used, prefill_left)
+                more, more_inst = self._assign(self.iq, free, self.n_run, self.kv_capacity - self.kv_used, prefill_left)
                 self._admit(more, more_inst)
                 prefill_left = prefill_left - np.bincount(more_inst, weights=self.prefill_s[more], minlength=n_inst)
                 adm_i, inst_i = np.concatenate([adm_i, more]), np.concatenate([inst_i, more_inst])
@@ -367,7 +370,7 @@ class ClusterSimulation:
             free = np.where(takes_batch, np.maximum(self.limit - self.n_run, 0), 0)
             lend_cap = self.settings.mixed_batch_prefill_share * dt - self.debt
             batch_prefill_left = np.where(self.pool == POOL_CODE["mixed"], np.minimum(prefill_left, lend_cap), prefill_left)
-            adm_b, inst_b, self.bq = self._assign(self.bq, free, self.n_run, self.kv_capacity - self.kv_used, batch_prefill_left)
+            adm_b, inst_b = self._assign(self.bq, free, self.n_run, self.kv_capacity - self.kv_used, batch_prefill_left)
             self._admit(adm_b, inst_b)
 
         # Time: prefill first (overflow becomes debt), then decode for what is left of the quantum.
@@ -472,11 +475,15 @@ class ClusterSimulation:
     # ------------------------------------------------------------------ control
     def _local_control(self, period: float) -> None:
         lc, slo = self.config.local, self.config.slo.itl_s
+        window = self.token_history.shape[0]
+        self.token_history[self._control_rounds % window] = self.acc_tokens
+        self._control_rounds += 1
+        tokens_per_s = self.token_history.sum(axis=0) / (min(self._control_rounds, window) * period)
         for i in np.flatnonzero((self.status == READY) | (self.status == DRAINING)):
             itl = self.acc_busy[i] / self.acc_steps[i] if self.acc_steps[i] > 0 else None
             obs = LocalObservation(
                 itl_s=itl,
-                tokens_per_s=self.acc_tokens[i] / period,
+                tokens_per_s=float(tokens_per_s[i]),
                 running=int(self.n_run[i]),
                 itl_slo_s=slo if self.acc_interactive[i] else None,
             )
@@ -518,7 +525,7 @@ class ClusterSimulation:
         interactive = LaneObservation(
             slo_class="interactive",
             queued=int(iq.size),
-            oldest_wait_s=float(now - self.arrival[iq[0]]) if iq.size else 0.0,
+            oldest_wait_s=float(now - self.arrival[iq.first()]) if iq.size else 0.0,
             arrival_rate_per_s=self._arrivals_since_policy / period,
             arrival_tokens_per_s=self._arrival_tokens_since_policy / period,
         )
@@ -536,7 +543,7 @@ class ClusterSimulation:
         batch = LaneObservation(
             slo_class="batch",
             queued=int(self.bq.size),
-            oldest_wait_s=float(now - self.arrival[self.bq].min()) if self.bq.size else 0.0,
+            oldest_wait_s=float(now - self.arrival[self.bq.items()].min()) if self.bq.size else 0.0,
             deadline_groups=groups,
         )
         return ClusterSnapshot(now=now, observed_at=now, complete=True, pools=pools, workers=workers, interactive=interactive, batch=batch)

@@ -279,6 +279,18 @@ def test_demand_window_keeps_history_and_takes_the_peak():
     assert "1500 tok/s" in step.reason and "4000 tok/s" in step.reason and "30 s" in step.reason
 
 
+def test_demand_smoothing_plans_on_mean_rates_not_single_period_bursts():
+    cfg = ScalerConfig()
+    cfg.chiron.demand_smoothing_s = 20.0  # means of the periods in (t - 20, t]
+    old = tuple((975.0 + 5 * k, 1000.0) for k in range(4)) + ((995.0, 9000.0),)  # one 5-s burst
+    step = demand_window(demand_snap(1000.0, 1000.0), ChironState(demand=old), cfg)
+    # The burst at 995 s counts as the mean of 980-995 (1000, 1000, 1000, 9000), not as 9000.
+    assert step.value.peak == pytest.approx(3000.0)
+    assert "20-s means" in step.reason
+    cfg.chiron.demand_smoothing_s = 0.0
+    assert demand_window(demand_snap(1000.0, 1000.0), ChironState(demand=old), cfg).value.peak == 9000.0
+
+
 def test_demand_trend_needs_half_a_window_of_history():
     cfg = ScalerConfig()
     young = DemandWindow(((950.0, 100.0), (975.0, 200.0), (1000.0, 300.0)), 300.0, 300.0)
