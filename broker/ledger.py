@@ -34,7 +34,8 @@ Who calls what:
   ``finish``, ``fail`` and ``requeue`` are fenced: only the newest attempt of a request that has not
   ended answers.  They return ``None`` when this attempt's step was applied, else the newest attempt
   number (greater than ``attempt`` when another attempt started since; equal to it when the request had
-  already ended), and then wrote nothing.
+  already ended), and then wrote nothing.  An attempt *above* the newest recorded answers (and becomes the
+  newest): its ``start`` was lost, as at a Sentinel failover to a replica that had not received it.
 * **Cancel / expire** (the batch issue's): ``cancel(request_id, now, lane=None, member=None) -> bool`` and
   ``expire(...)`` end a *queued* request (True when this call ended it): status, deadline (−), an ``error``
   event for whoever follows it, and the message ZREMed from ``lane`` when the caller passes its lane
@@ -281,10 +282,17 @@ local function with_counts(specs, n)
 end
 
 -- The attempt that may answer is the newest, while the request has not ended: nil then, else the newest.
+-- An attempt above the newest recorded ran from a start this Redis lost (a Sentinel failover promoted a
+-- replica that had not received it): it is the newest there is, so it answers, and the record learns it.
 local function superseded(state, attempt)
   local newest = tonumber(redis.call('HGET', state, 'attempt') or '0')
-  if newest ~= tonumber(attempt) or ENDED[redis.call('HGET', state, 'status')] then
+  local status = redis.call('HGET', state, 'status')
+  attempt = tonumber(attempt)
+  if attempt < newest or not status or ENDED[status] then
     return newest
+  end
+  if attempt > newest then
+    redis.call('HSET', state, 'attempt', attempt)
   end
   return nil
 end

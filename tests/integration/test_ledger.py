@@ -205,6 +205,25 @@ def test_only_the_newest_attempt_answers(ledger, client):
     assert deadline_counts(client) == (0, 0.0)
 
 
+def test_an_attempt_whose_start_was_lost_still_answers(ledger, client):
+    # A Sentinel failover promotes a replica that never received the worker's start: the record says
+    # attempt 0 (queued) while the worker runs attempt 1. Its finish is the newest there is, so it lands.
+    request = make_request()
+    enqueue(client, request)
+    attempt = ledger.start(request.request_id, "w1", NOW + 1)
+    client.hset(keys.request_key(request.request_id), mapping={"attempt": attempt - 1, "status": "queued"})
+    assert ledger.finish(request, attempt, done_record(request, attempt), "kept", {}) is None
+    record = ledger.read(request.request_id)
+    assert (record.status, record.attempt) == (RequestStatus.done, attempt)
+    assert deadline_counts(client) == (0, 0.0)
+    # Nothing answers after the end, and an older attempt never did.
+    assert ledger.fail(request, attempt + 1, "late", NOW + 9) == attempt
+    # A record that is gone (expired) takes nothing: no half record is created.
+    client.delete(keys.request_key(request.request_id))
+    assert ledger.finish(request, 5, done_record(request, 5), "ghost", {}) == 0
+    assert not client.exists(keys.request_key(request.request_id))
+
+
 def test_fail_records_the_error_and_releases_the_deadline(ledger, client):
     request = make_request()
     enqueue(client, request)
