@@ -22,17 +22,22 @@ pytestmark = pytest.mark.integration
 
 class Replica:
     def __init__(self, stack, name: str):
+        self.name = name
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         # A short batch lease: a killed replica's batches are taken over within seconds.
         self.process = stack.start(name, ["api", "--port", str(self.port)], SLUICE_BATCH_LEASE_S="3")
-        wait_until(lambda: http_ok(self.base_url + "/healthz"), 120, name, interval=0.5, process=self.process)
         self.http = httpx.Client(base_url=self.base_url, timeout=60)
+
+    def wait_ready(self) -> None:
+        wait_until(lambda: http_ok(self.base_url + "/healthz"), 120, self.name, interval=0.5, process=self.process)
 
 
 @pytest.fixture(scope="module")
 def replicas(stack):
-    a, b = Replica(stack, "api-a"), Replica(stack, "api-b")
+    a, b = Replica(stack, "api-a"), Replica(stack, "api-b")  # both start at once
+    for replica in (a, b):
+        replica.wait_ready()
     yield a, b
     for replica in (a, b):
         replica.http.close()

@@ -153,7 +153,10 @@ def test_killed_worker_requests_redelivered_and_streams_fail_clearly(stack):
             reply = results[f"plain-{index}"]
             assert reply.usage.completion_tokens == LONG
             assert reply.sluice["worker"] == "main@test" and reply.sluice["attempt"] == 2
-        records = completions(stack)
+        # The stream's request goes on without its client (whose stream ended with the error): its second
+        # attempt finishes around the others, not necessarily before the last reply reached its thread.
+        records = wait_until(lambda: (found := completions(stack)) and len(found) >= PLAIN + 1 and found, 120,
+                             "the stream's request to finish too", process=stack.process("main"))
         assert len(records) == PLAIN + 1 and len({r["request_id"] for r in records}) == PLAIN + 1
         # Every one of them started a second attempt (earlier tests' event streams are not counted).
         restarts = [json.loads(f[b"event"]) for r in records
