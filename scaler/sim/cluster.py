@@ -121,6 +121,14 @@ class ClusterSimulation:
         if self.n_jobs:
             self.job_deadline[batch.job] = batch.deadline_s
         self.job_arrived = np.zeros(self.n_jobs, dtype=bool)
+        # Queued requests per job, for the batch lane's oldest wait: a job's requests arrive together (bulk
+        # submission), so the oldest queued one is the earliest job with any queued, an O(jobs) read instead
+        # of a scan of a queue that reaches 10^6 requests on the ServeGen day.
+        self.job_queued = np.zeros(self.n_jobs)
+        self.job_arrival = np.full(self.n_jobs, np.inf)
+        if self.n_jobs:
+            np.minimum.at(self.job_arrival, batch.job, batch.arrival_s)
+        self.jobs_arrive_whole = bool(np.all(batch.arrival_s == self.job_arrival[batch.job])) if self.n_jobs else True
         self.iq = RankedQueue(np.arange(n))  # interactive: FCFS (ids are in arrival order)
         batch_rank = np.zeros(n, dtype=np.int64)
         batch_rank[np.lexsort((np.arange(n), self.deadline))] = np.arange(n)
@@ -335,6 +343,7 @@ class ClusterSimulation:
             new = np.arange(self.next_batch, end_b)
             self.job_arrived[np.unique(self.job[new])] = True
             self.bq.add(new)
+            self._count_queued_batch(new, +1)
             self.next_batch = end_b
 
     def _quantum(self, t: float, dt: float) -> None:
@@ -357,6 +366,7 @@ class ClusterSimulation:
                 self.inst[victims] = -1
                 self.run_ids = self.run_ids[self.inst[self.run_ids] >= 0]
                 self.bq.add_front(victims)
+                self._count_queued_batch(victims, +1)
                 free = np.where(serving, np.maximum(self.limit - self.n_run, 0), 0)
                 more, more_inst = self._assign(self.iq, free, self.n_run, self.kv_capacity - self.kv_used, prefill_left)
                 self._admit(more, more_inst)
@@ -371,6 +381,7 @@ class ClusterSimulation:
             lend_cap = self.settings.mixed_batch_prefill_share * dt - self.debt
             batch_prefill_left = np.where(self.pool == POOL_CODE["mixed"], np.minimum(prefill_left, lend_cap), prefill_left)
             adm_b, inst_b = self._assign(self.bq, free, self.n_run, self.kv_capacity - self.kv_used, batch_prefill_left)
+            self._count_queued_batch(adm_b, -1)
             self._admit(adm_b, inst_b)
 
         # Time: prefill first (overflow becomes debt), then decode for what is left of the quantum.
@@ -423,6 +434,15 @@ class ClusterSimulation:
         # Draining instances leave once empty.
         gone = (self.status == DRAINING) & (self.n_run == 0) & (self.debt <= 0)
         self.status[gone], self.stopped_at[gone] = STOPPED, t + dt
+
+    def _count_queued_batch(self, ids: np.ndarray, sign: int) -> None:
+        if ids.size and self.n_jobs:
+            self.job_queued += sign * np.bincount(self.job[ids], minlength=self.n_jobs)
+
+    def _oldest_queued_batch_arrival(self) -> float:
+        if self.jobs_arrive_whole:
+            return float(self.job_arrival[self.job_queued > 0].min())
+        return float(self.arrival[self.bq.items()].min())
 
     def _admit(self, ids: np.ndarray, inst: np.ndarray) -> None:
         """Start ``ids`` on ``inst``: they join the running set and their instances' sums."""
@@ -543,7 +563,7 @@ class ClusterSimulation:
         batch = LaneObservation(
             slo_class="batch",
             queued=int(self.bq.size),
-            oldest_wait_s=float(now - self.arrival[self.bq.items()].min()) if self.bq.size else 0.0,
+            oldest_wait_s=float(now - self._oldest_queued_batch_arrival()) if self.bq.size else 0.0,
             deadline_groups=groups,
         )
         return ClusterSnapshot(now=now, observed_at=now, complete=True, pools=pools, workers=workers, interactive=interactive, batch=batch)
