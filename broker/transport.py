@@ -275,35 +275,29 @@ class Channel(kombu_redis.Channel):
             self._get_no_ack = False
             self.recorded_tag = None
 
-    def _pop(self, client, lanes: list[str], woken: str | None = None):
+    def _pop(self, client, lanes: list[str], woken: str | None = None, no_ack: bool = False):
         """One atomic pop (broker.lanes.POP) over ``lanes`` in order: the first non-empty lane's lowest-score
-        message, recorded as unacked (with this worker as its owner) unless its lane is consumed without
-        acks.  Returns (queue, message dict) and notes the recorded delivery tag, or raises Empty."""
-        call_keys, args = lane_ops.pop_call(
-            [(lane, lane not in self._no_ack_queues) for lane in lanes], woken, self.worker_id, time.time(),
-            self.unacked_key, self.unacked_index_key, keys.UNACKED_OWNER)
+        message, recorded as unacked (with this worker as its owner) unless it is taken without an ack
+        (``no_ack``, or its lane consumed so).  Returns (queue, message dict) and notes the recorded
+        delivery tag, or raises Empty."""
+        record = {lane: not no_ack and lane not in self._no_ack_queues for lane in lanes}
+        call_keys, args = lane_ops.pop_call(list(record.items()), woken, self.worker_id, time.time(),
+                                            self.unacked_key, self.unacked_index_key, keys.UNACKED_OWNER)
         popped = _POP(client, call_keys, args)
         if not popped:
             raise virtual.Empty()
         lane, member = popped
         queue = keys.queue_of_lane_key(lane)
         message = loads(bytes_to_str(member))
-        if queue not in self._no_ack_queues:
+        if record[queue]:
             self.recorded_tag = message.get("properties", {}).get("delivery_tag")
         return queue, message
 
     def _get(self, queue):
         if queue not in self.consumable_lanes():
             raise virtual.Empty()
-        no_ack = self._get_no_ack
-        if no_ack:
-            self._no_ack_queues.add(queue)
-        try:
-            with self.conn_or_acquire() as client:
-                _queue, message = self._pop(client, [queue])
-        finally:
-            if no_ack:
-                self._no_ack_queues.discard(queue)
+        with self.conn_or_acquire() as client:
+            _queue, message = self._pop(client, [queue], no_ack=self._get_no_ack)
         return message
 
     def _size(self, queue):

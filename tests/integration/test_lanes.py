@@ -209,3 +209,25 @@ def test_a_consumer_killed_right_after_its_pop_has_its_message_redelivered(any_r
         if consumer.poll() is None:
             os.killpg(consumer.pid, signal.SIGKILL)
             consumer.wait(10)
+
+
+def test_basic_get_pops_atomically_too(any_redis_url):
+    """The non-blocking path (kombu's basic_get -> _get): recorded with its owner by the pop, unless no_ack."""
+    client = redis.Redis.from_url(any_redis_url)
+    app = create_app(Settings(redis_url=any_redis_url))
+    publish(app, "acked", "batch", 1.0)
+    publish(app, "not acked", "batch", 2.0)
+    with Connection(kombu_url(any_redis_url), transport_options={"worker_id": "w@test"}) as conn:
+        channel = conn.channel()
+        Consumer(channel, [Queue("batch", routing_key="batch")], callbacks=[lambda body, message: None]).consume()
+        channel.qos.pipe_or_acquire = lambda *args, **kwargs: pytest.fail("QoS.append wrote to Redis")
+        message = channel.basic_get("batch")
+        assert message.headers[SCORE_HEADER] == 1.0
+        assert client.hget(keys.UNACKED_OWNER, message.delivery_tag) == b"w@test"
+        assert client.hexists(keys.UNACKED, message.delivery_tag)
+        other = channel.basic_get("batch", no_ack=True)
+        assert other.headers[SCORE_HEADER] == 2.0
+        assert not client.hexists(keys.UNACKED, other.delivery_tag) and client.hlen(keys.UNACKED_OWNER) == 1
+        del channel.qos.pipe_or_acquire
+        message.ack()
+    assert client.hlen(keys.UNACKED) == 0
