@@ -132,3 +132,11 @@ def enqueue_direct(enqueuer: Enqueuer, name: str, lane: str, score: float, max_t
         sampling=SamplingOptions(max_tokens=max_tokens, ignore_eos=True), enqueued_at=time.time(), score=score)
     enqueuer.enqueue(request)
     return request
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The chaos test runs last. It SIGKILLs workers and restarts Redis on a stack of its own, and twice a
+    test_fleet test right after it failed (a killed worker's stream completed instead of failing), though
+    test_fleet passes alone and no leftover process or key was found; until the cause is known, nothing runs
+    after it."""
+    items.sort(key=lambda item: item.module.__name__.endswith("test_chaos"))  # stable: others keep their order
