@@ -24,7 +24,9 @@ pytestmark = pytest.mark.integration
 
 WORKER = "resil@test"
 MAX_TOKENS = 600
-STREAM_MAX_TOKENS = 1000  # streams outlast the whole replies: each must still be running when Redis goes
+# Streams run longer than the whole replies: on a loaded host the last request can reach the engine seconds
+# after the first, and every stream must still be running when Redis goes (seen: one finished first).
+STREAM_MAX_TOKENS = 1500
 
 
 @pytest.fixture(scope="module")
@@ -128,20 +130,9 @@ def test_redis_outage_503_then_in_flight_requests_finish_and_the_stack_recovers(
     wait_until(lambda: client.hget(keys.worker_key(WORKER), "state") == b"ready", 240, "the worker ready",
                interval=0.5, process=worker)
     load = Load(base)
-    # The worker is paused while the four requests are submitted, so that it takes them together: on a
-    # loaded host the client threads start seconds apart, and a stream could finish before the last began.
-    paused = [psutil.Process(worker.pid), *psutil.Process(worker.pid).children(recursive=True)]
-    for process in paused:
-        process.suspend()
-    try:
-        for _ in range(2):
-            load.stream()
-            load.whole()
-        wait_until(lambda: client.zcard(keys.lane_key("interactive")) == 4, 60, "the four requests queued",
-                   interval=0.1)
-    finally:
-        for process in paused:
-            process.resume()
+    for _ in range(2):
+        load.stream()
+        load.whole()
     # Every stream has produced tokens: the requests are running on the worker when Redis goes.
     wait_until(lambda: all(sum(1 for e in events if isinstance(e, dict) and e.get("choices")) >= 3
                            for events in load.streams), 120, "the streams under way", interval=0.1)
