@@ -6,11 +6,14 @@ a client that disconnects from a stream, or from a request it waits for, frees i
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import socket
 import time
 
 import httpx
+import psutil
 import pytest
 
 from broker.heartbeat import read_heartbeats
@@ -102,6 +105,28 @@ def _worker_inflight(stack) -> int:
     return read_heartbeats(stack.redis, [WORKER])[WORKER].inflight
 
 
+@contextlib.contextmanager
+def engine_paused(stack):
+    """The session worker's engine processes stopped: generation halts while the worker process itself (its
+    heartbeat, its abort watch) runs on. The tiny model can write 1,900 tokens in under 3 s on a quiet host,
+    so without this a client could not be sure to leave while its request still runs."""
+    worker = psutil.Process(stack.process("main").pid)
+    engines = [p for p in worker.children(recursive=True) if "EngineCore" in p.name() or "VLLM" in p.name()]
+    assert engines, [(p.pid, p.name()) for p in worker.children(recursive=True)]
+    for process in engines:
+        process.suspend()
+    try:
+        yield
+    finally:
+        for process in engines:
+            process.resume()
+
+
+def _cancelled(stack, request_id: str) -> bool:
+    record = Ledger(stack.redis).read(request_id)
+    return record is not None and record.status is RequestStatus.cancelled
+
+
 def test_stream_disconnect_frees_the_worker_slot(stack):
     wait_for_idle(stack)
     assert _worker_inflight(stack) == 0
@@ -119,7 +144,13 @@ def test_stream_disconnect_frees_the_worker_slot(stack):
                     if deltas >= 3:
                         break
             wait_until(lambda: _worker_inflight(stack) == 1, 10, "the request to count in flight")
-        # leaving the block closes the connection mid-stream
+            pause = engine_paused(stack)
+            pause.__enter__()
+        # leaving the block closes the connection mid-stream, while the engine is held
+    try:
+        wait_until(lambda: _cancelled(stack, request_id), 15, "the API to end the abandoned request")
+    finally:
+        pause.__exit__(None, None, None)
     left_at = time.time()
     wait_until(lambda: _worker_inflight(stack) == 0, 15, "the worker to free the abandoned request's slot")
     freed_after = time.time() - left_at
@@ -134,11 +165,13 @@ def test_non_streaming_disconnect_frees_the_worker_slot(stack):
     before = {key for key in stack.redis.scan_iter(keys.request_key("*"))}
     body = {"model": MODEL, "messages": [{"role": "user", "content": "go on"}], "max_tokens": 1900,
             "ignore_eos": True}
-    with httpx.Client(base_url=stack.base_url, timeout=httpx.Timeout(120, read=3)) as client:
-        with pytest.raises(httpx.ReadTimeout):
-            client.post("/v1/chat/completions", json=body)  # gives up waiting: the connection closes
-    [key] = {key for key in stack.redis.scan_iter(keys.request_key("*"))} - before
-    request_id = key.decode().split(":", 2)[2]
+    with engine_paused(stack):
+        with httpx.Client(base_url=stack.base_url, timeout=httpx.Timeout(120, read=3)) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                client.post("/v1/chat/completions", json=body)  # gives up waiting: the connection closes
+        [key] = {key for key in stack.redis.scan_iter(keys.request_key("*"))} - before
+        request_id = key.decode().split(":", 2)[2]
+        wait_until(lambda: _cancelled(stack, request_id), 15, "the API to end the abandoned request")
     wait_until(lambda: _worker_inflight(stack) == 0, 15, "the worker to free the abandoned request's slot")
     record = Ledger(stack.redis).read(request_id)
     assert record.status is RequestStatus.cancelled and record.result is None

@@ -105,7 +105,7 @@ def test_a_closed_batch_takes_no_more_requests_and_its_deliveries_are_ended(clie
     assert ledger.start(queued.request_id, "w1", NOW + 2, batch_id=BATCH) is None
     assert ledger.read(queued.request_id).status is RequestStatus.cancelled
     # A running one is aborted by its worker: fenced like fail, counted as cancelled.
-    assert ledger.abort(running, attempt + 1, RequestStatus.cancelled) == attempt  # a stale attempt: nothing
+    assert ledger.abort(running, attempt - 1, RequestStatus.cancelled) == attempt  # a stale attempt: nothing
     assert ledger.abort(running, attempt, RequestStatus.cancelled) is None
     assert ledger.read(running.request_id).status is RequestStatus.cancelled
     assert counts(client) == BatchCounts(cancelled=2, closed="cancelled")

@@ -21,7 +21,7 @@ MODEL = "sluice-tiny-llama"
 BATCH_TOKENS = 2000  # ~4 s on the tiny model: still generating when the interactive request arrives
 INTERACTIVE_TOKENS = 100
 CONTROL_PERIOD_S = 1.0
-WORKER = "main@test"
+WORKER = "preempt@test"
 LANES = ("interactive", "batch")
 
 
@@ -43,14 +43,20 @@ def queued_batch_messages(stack) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def preempting_worker(stack):
-    """The session's worker: a mixed worker with preemption on (the default, SLUICE_PREEMPTION), the only
-    consumer. Its admission limit is the session's again afterwards."""
+    """A mixed worker with preemption on, the only consumer while this module runs (the main one is parked)."""
     wait_for_idle(stack)
-    assert "preemption on" in (stack.log_dir / "main.log").read_text()
+    app = stack.celery()
+    worker = None
     try:
-        yield stack.process("main")
+        for lane in LANES:
+            app.control.cancel_consumer(lane, destination=["main@test"], reply=True, timeout=5)
+        worker = stack.start_worker(WORKER, SLUICE_PREEMPTION="true")
+        yield worker
     finally:
-        stack.set_admission_limit(WORKER, int(stack.env["SLUICE_ADMISSION_LIMIT"]))
+        for lane in LANES:
+            app.control.add_consumer(lane, destination=["main@test"], reply=True, timeout=5)
+        if worker is not None:
+            worker.stop()
 
 
 def preempted_so_far(stack) -> int:
@@ -74,8 +80,8 @@ def test_interactive_arrival_preempts_batch_work_on_a_full_mixed_worker(stack, p
     threads = [threading.Thread(target=batch, args=(i,)) for i in range(2)]
     try:
         stack.set_admission_limit(WORKER, 2)
-        # The worker waits until both batch requests are queued, then takes both at once: two requests
-        # that reach the lane a moment apart were seen to run one after the other.
+        # The new worker too waits until both batch requests are queued, then takes both at once: two
+        # requests that reach the lane a moment apart were seen to run one after the other.
         for lane in LANES:
             app.control.cancel_consumer(lane, destination=[WORKER], reply=True, timeout=5)
         for thread in threads:
