@@ -149,7 +149,9 @@ class ClusterSimulation:
         self.acc_busy = np.zeros(0)  # seconds with work, this control period
         self.acc_steps = np.zeros(0)
         self.acc_tokens = np.zeros(0)
-        self.token_history = np.zeros((1, 0))  # tokens per control period, the last throughput window's worth
+        # Tokens per control period and instance, the last throughput window's worth (a ring, one row per period).
+        window = max(1, round(self.settings.throughput_window_s / config.local.control_period_s))
+        self.token_history = np.zeros((window, 0))
         self._control_rounds = 0
         self.acc_interactive = np.zeros(0, dtype=bool)
         self.clock = np.zeros(0)  # decode steps done since launch: all running sequences share them
@@ -277,7 +279,6 @@ class ClusterSimulation:
     def run(self, progress=None) -> SimResult:
         s, cfg = self.settings, self.config
         dt = s.dt_s
-        self.token_history = np.zeros((max(1, round(s.throughput_window_s / cfg.local.control_period_s)), 0))
         for pool, count in self.initial_counts().items():
             if count:
                 self._launch(pool, count, 0.0, 0.0)
