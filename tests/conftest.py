@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 
@@ -97,3 +99,22 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2, proc
 def log_dir():
     path = Path(tempfile.mkdtemp(prefix="sluice-test-logs-"))
     yield path
+
+
+def engine_processes(pid: int) -> list[psutil.Process]:
+    """The vLLM engine processes (EngineCore and its workers) under a Sluice worker's process."""
+    return [p for p in psutil.Process(pid).children(recursive=True) if "EngineCore" in p.name() or "VLLM" in p.name()]
+
+
+@contextlib.contextmanager
+def suspended(processes: list[psutil.Process]):
+    """SIGSTOP ``processes`` for the block, SIGCONT after (one that is gone by then is skipped). Tests hold a
+    worker or its engine this way where the tiny model would otherwise finish before the test could look."""
+    for process in processes:
+        process.suspend()
+    try:
+        yield
+    finally:
+        for process in processes:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.resume()

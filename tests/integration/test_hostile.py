@@ -6,20 +6,18 @@ a client that disconnects from a stream, or from a request it waits for, frees i
 
 from __future__ import annotations
 
-import contextlib
 
 import json
 import socket
 import time
 
 import httpx
-import psutil
 import pytest
 
 from broker.heartbeat import read_heartbeats
 from broker.ledger import Ledger, RequestStatus
 from core import keys
-from tests.conftest import wait_until
+from tests.conftest import engine_processes, suspended, wait_until
 from tests.integration.conftest import lane_snapshot, wait_for_idle
 
 pytestmark = pytest.mark.integration
@@ -105,21 +103,13 @@ def _worker_inflight(stack) -> int:
     return read_heartbeats(stack.redis, [WORKER])[WORKER].inflight
 
 
-@contextlib.contextmanager
 def engine_paused(stack):
     """The session worker's engine processes stopped: generation halts while the worker process itself (its
     heartbeat, its abort watch) runs on. The tiny model can write 1,900 tokens in under 3 s on a quiet host,
     so without this a client could not be sure to leave while its request still runs."""
-    worker = psutil.Process(stack.process("main").pid)
-    engines = [p for p in worker.children(recursive=True) if "EngineCore" in p.name() or "VLLM" in p.name()]
-    assert engines, [(p.pid, p.name()) for p in worker.children(recursive=True)]
-    for process in engines:
-        process.suspend()
-    try:
-        yield
-    finally:
-        for process in engines:
-            process.resume()
+    engines = engine_processes(stack.process("main").pid)
+    assert engines
+    return suspended(engines)
 
 
 def _cancelled(stack, request_id: str) -> bool:

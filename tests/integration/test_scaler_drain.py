@@ -13,7 +13,6 @@ import contextlib
 import os
 import time
 
-import psutil
 import pytest
 import redis
 
@@ -23,7 +22,7 @@ from broker.heartbeat import read_heartbeats
 from core.settings import Settings
 from scaler.actuators.local import LocalActuator
 from scaler.service import ScalerService
-from tests.conftest import MACHINE_REDIS_URL, ROOT, require_redis, wait_until
+from tests.conftest import MACHINE_REDIS_URL, ROOT, engine_processes, require_redis, suspended, wait_until
 from tests.integration.conftest import enqueue_direct
 
 pytestmark = pytest.mark.integration
@@ -55,7 +54,7 @@ def test_a_drained_worker_holding_a_request_is_observed_draining_not_serving(mod
             raise AssertionError(f"the worker exited; its log ends:\n{actuator.exits[0].log_path.read_text()[-3000:]}")
         return actuator.current("mixed").ready == 1
 
-    engines: list[psutil.Process] = []
+    held = contextlib.ExitStack()
     try:
         [worker_id] = actuator.scale("mixed", 1).started
         wait_until(ready, 240, "the worker's first heartbeat", interval=0.5)
@@ -63,11 +62,9 @@ def test_a_drained_worker_holding_a_request_is_observed_draining_not_serving(mod
         wait_until(lambda: beat().inflight == 1, 60, "the worker to take the request", interval=0.2)
         # Its engine is held from here on, so the request is still running when the snapshot is read: the tiny
         # model can finish 1,900 tokens within the drain on a quiet host (seen in CI: running_batch 0).
-        engines += [p for p in psutil.Process(beat().pid).children(recursive=True)
-                    if "EngineCore" in p.name() or "VLLM" in p.name()]
+        engines = engine_processes(beat().pid)
         assert engines
-        for process in engines:
-            process.suspend()
+        held.enter_context(suspended(engines))
 
         first = service.observe()
         assert [w.worker_id for w in service.snapshot(first).workers_in("mixed")] == [worker_id]  # serving
@@ -84,7 +81,5 @@ def test_a_drained_worker_holding_a_request_is_observed_draining_not_serving(mod
         mixed = snapshot.pool("mixed")
         assert (mixed.ready, mixed.draining, mixed.provisioned) == (0, 1, 0)
     finally:
-        for process in engines:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.resume()
+        held.close()
         actuator.close()
