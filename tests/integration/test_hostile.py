@@ -7,6 +7,7 @@ a client that disconnects from a stream, or from a request it waits for, frees i
 from __future__ import annotations
 
 
+import contextlib
 import json
 import socket
 import time
@@ -122,25 +123,25 @@ def test_stream_disconnect_frees_the_worker_slot(stack):
     assert _worker_inflight(stack) == 0
     body = {"model": MODEL, "messages": [{"role": "user", "content": "go on"}], "max_tokens": 1900,
             "ignore_eos": True, "stream": True}
-    with httpx.Client(base_url=stack.base_url, timeout=120) as client:
-        with client.stream("POST", "/v1/chat/completions", json=body) as reply:
-            assert reply.status_code == 200
-            request_id = reply.headers["x-sluice-request-id"]
-            lines = reply.iter_lines()
-            deltas = 0
-            for line in lines:
-                if line.startswith("data: ") and '"content": "' in line and '"content": ""' not in line:
-                    deltas += 1
-                    if deltas >= 3:
-                        break
-            wait_until(lambda: _worker_inflight(stack) == 1, 10, "the request to count in flight")
-            pause = engine_paused(stack)
-            pause.__enter__()
-        # leaving the block closes the connection mid-stream, while the engine is held
-    try:
+    hold = engine_paused(stack)  # the engine processes looked up now, so that holding them later is instant
+    with contextlib.ExitStack() as held:
+        with httpx.Client(base_url=stack.base_url, timeout=120) as client:
+            with client.stream("POST", "/v1/chat/completions", json=body) as reply:
+                assert reply.status_code == 200
+                request_id = reply.headers["x-sluice-request-id"]
+                deltas = 0
+                for line in reply.iter_lines():
+                    if line.startswith("data: ") and '"content": "' in line and '"content": ""' not in line:
+                        deltas += 1
+                        if deltas >= 3:
+                            break
+                # Held at once: the tiny model writes 1,900 tokens in under 3 s, and waiting for the heartbeat
+                # before holding it let the request finish first in a CI run.
+                held.enter_context(hold)
+                assert Ledger(stack.redis).read(request_id).status is RequestStatus.running, "it ended first"
+                wait_until(lambda: _worker_inflight(stack) == 1, 10, "the request to count in flight")
+            # leaving the block closes the connection mid-stream, while the engine is held
         wait_until(lambda: _cancelled(stack, request_id), 15, "the API to end the abandoned request")
-    finally:
-        pause.__exit__(None, None, None)
     left_at = time.time()
     wait_until(lambda: _worker_inflight(stack) == 0, 15, "the worker to free the abandoned request's slot")
     freed_after = time.time() - left_at

@@ -16,9 +16,10 @@ import pytest
 import redis
 
 from bench.chaos import StandaloneRedis
+from broker.heartbeat import read_heartbeats
 from core import keys
 from core.processes import http_ok
-from tests.conftest import Process, free_port, wait_until
+from tests.conftest import Process, engine_processes, free_port, suspended, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -130,9 +131,15 @@ def test_redis_outage_503_then_in_flight_requests_finish_and_the_stack_recovers(
     wait_until(lambda: client.hget(keys.worker_key(WORKER), "state") == b"ready", 240, "the worker ready",
                interval=0.5, process=worker)
     load = Load(base)
-    for _ in range(2):
-        load.stream()
-        load.whole()
+    # The engine is held while the four requests reach the worker: all four are running together before any
+    # writes a token (the tiny model writes 2,000 tokens in 3-6 s on a quiet host, so a request submitted
+    # last could otherwise start after the first had finished).
+    with suspended(engine_processes(worker.pid)):
+        for _ in range(2):
+            load.stream()
+            load.whole()
+        wait_until(lambda: read_heartbeats(client, [WORKER])[WORKER].inflight == 4, 60,
+                   "the four requests running on the worker", interval=0.2, process=worker)
     # Every stream has produced tokens: the requests are running on the worker when Redis goes.
     wait_until(lambda: all(sum(1 for e in events if isinstance(e, dict) and e.get("choices")) >= 3
                            for events in load.streams), 120, "the streams under way", interval=0.1)
