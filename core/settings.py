@@ -153,6 +153,9 @@ class Settings(BaseSettings):
     batching_mode: BatchingMode = "continuous"
     dynamic_batch_timeout_s: float = 0.05
     heartbeat_interval_s: float = 1.0
+    stream_interval_s: float = Field(
+        0.05, ge=0, description="A request's token events are published at most this often after its first token "
+        "(0: every engine step); fewer Redis writes per token leave the worker's CPU to its engine and its queue.")
     heartbeat_ttl_s: float = Field(15.0, description="A worker whose heartbeat is older is dead; its requests are redelivered.")
     kv_cache_gib: int = Field(1, description="KV cache for the CPU build of vLLM (VLLM_CPU_KVCACHE_SPACE).")
     max_model_len: int = 2048

@@ -131,6 +131,7 @@ class RequestExecutor:
                     record = await generate_and_stream(
                         PreemptibleEngine(self.engine.llm, self.inflight, held), self.client, request,
                         attempt=attempt, worker_id=self.worker_id, started_at=started_at,
+                        stream_interval_s=self.settings.stream_interval_s,
                     )
                     record["redelivered_at"] = redelivered_at
             finally:

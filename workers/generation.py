@@ -30,10 +30,41 @@ def sampling_params(request: GenerationRequest) -> SamplingParams:
     )
 
 
+class DeltaCoalescer:
+    """Gathers a request's deltas into events at most every ``interval_s``: the first token goes out at once
+    (the client's TTFT), later ones together. One Redis write per engine step and request cost the worker's
+    process enough CPU, beside its engine, to starve its Celery loop on a small host (an interactive arrival
+    was not read for seconds while a streamed request generated); at GPU step times an event still carries
+    one or two tokens."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self.parts: list[str] = []
+        self.tokens = 0
+        self.last_sent_at: float | None = None
+
+    def add(self, text: str, tokens: int, now: float) -> dict | None:
+        """Add a delta; returns the event to publish now, if one is due."""
+        self.parts.append(text)
+        self.tokens += tokens
+        if self.last_sent_at is None or now - self.last_sent_at >= self.interval_s:
+            return self.take(now)
+        return None
+
+    def take(self, now: float) -> dict | None:
+        """What is gathered, as one event (None when nothing is)."""
+        if not self.tokens:
+            return None
+        event = {"text": "".join(self.parts), "tokens": self.tokens}
+        self.parts, self.tokens, self.last_sent_at = [], 0, now
+        return event
+
+
 async def generate_and_stream(engine, client: aioredis.Redis, request: GenerationRequest, *, attempt: int,
-                              worker_id: str, started_at: float) -> dict:
+                              worker_id: str, started_at: float, stream_interval_s: float = 0.0) -> dict:
     """Generate, publishing start and delta events (for a request someone follows: not a Batch API
-    request's); return the completion record (the caller publishes done)."""
+    request's), deltas at most every ``stream_interval_s``; return the completion record (the caller
+    publishes done)."""
     if request.followed:
         await publish(client, request.request_id, {
             "type": "start", "attempt": attempt, "worker": worker_id,
@@ -44,6 +75,7 @@ async def generate_and_stream(engine, client: aioredis.Redis, request: Generatio
     output_tokens = 0
     finish_reason = None
     engine_request_id = f"{request.request_id}-{attempt}"
+    deltas = DeltaCoalescer(stream_interval_s)
     async for output in engine.generate(
         TokensPrompt(prompt_token_ids=request.prompt_token_ids),
         sampling_params(request),
@@ -58,13 +90,12 @@ async def generate_and_stream(engine, client: aioredis.Redis, request: Generatio
             last_token_at = now
             output_tokens += len(completion.token_ids)
             text_parts.append(completion.text)
-            if request.followed:
-                await publish(client, request.request_id, {
-                    "type": "delta", "attempt": attempt, "text": completion.text,
-                    "tokens": len(completion.token_ids),
-                })
+            if request.followed and (delta := deltas.add(completion.text, len(completion.token_ids), now)):
+                await publish(client, request.request_id, {"type": "delta", "attempt": attempt, **delta})
         if output.finished:
             finish_reason = completion.finish_reason
+    if request.followed and (delta := deltas.take(time.time())):
+        await publish(client, request.request_id, {"type": "delta", "attempt": attempt, **delta})
     finished_at = time.time()
     timings = RequestTimings(
         queue_wait_s=started_at - request.enqueued_at,
