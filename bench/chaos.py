@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import click
@@ -88,8 +88,11 @@ class ChaosOptions:
     worker_start_s: float = 600.0  # how long a (replacement) worker may take to serve (minutes on a loaded host)
     appendfsync: str = "always"
     faults: tuple[str, ...] = ALL_FAULTS
-    workers: int = 1  # vLLM workers at the start (each ~3 GB)
-    replace_killed: bool = True  # start a replacement for the SIGKILLed worker (else the others take its work)
+    # vLLM workers of the standalone stack at the start (each ~3 GB). Two by default: the worker fault kills
+    # one and the survivor takes its requests (redelivered by heartbeat), which is the recovery a fleet has;
+    # with one, recovery waits for a new engine to start (a minute or more here).
+    workers: int = 2
+    replace_killed: bool = False  # also start a replacement for the SIGKILLed worker (supervision's job)
 
 
 @dataclass
@@ -676,7 +679,8 @@ def run_failover_round(options: ChaosOptions, root: Path, echo) -> dict:
     started = time.monotonic()
     try:
         url = group.url(0)
-        round_ = Round("sentinel", url, options, root / "sentinel-stack", echo)
+        # One worker: no worker is killed in this round.
+        round_ = Round("sentinel", url, replace(options, workers=1), root / "sentinel-stack", echo)
         round_.start_stack()
         round_.extra["stack_ready_s"] = round(round_.wait_serving(options.worker_start_s, round_.workers[0]), 1)
         echo(f"[sentinel] serving after {round_.extra['stack_ready_s']:.0f} s; load {options.rate}/s")
@@ -733,8 +737,9 @@ def run_chaos(options: ChaosOptions, json_out: str | None = None, echo=print) ->
 @click.option("--drain-s", type=float, default=90.0, show_default=True,
               help="After the load stops, how long accepted requests may take before they count as lost.")
 @click.option("--appendfsync", type=click.Choice(["always", "everysec"]), default="always", show_default=True)
-@click.option("--workers", type=int, default=1, show_default=True, help="vLLM workers per stack (~3 GB each).")
-@click.option("--replace-killed/--no-replace-killed", default=True, show_default=True,
+@click.option("--workers", type=int, default=2, show_default=True,
+              help="vLLM workers of the standalone stack (~3 GB each); the Sentinel stack runs one.")
+@click.option("--replace-killed/--no-replace-killed", default=False, show_default=True,
               help="Start a replacement for the killed worker (else the other workers take its requests).")
 def chaos_command(json_out, faults, rate, max_tokens, baseline_s, gap_s, outage_s, drain_s, appendfsync, workers,
                   replace_killed):
