@@ -130,7 +130,8 @@ def test_stream_disconnect_frees_the_worker_slot(stack):
                 assert reply.status_code == 200
                 request_id = reply.headers["x-sluice-request-id"]
                 deltas = 0
-                for line in reply.iter_lines():
+                lines = reply.iter_lines()  # kept: an abandoned iterator closes the connection when collected
+                for line in lines:
                     if line.startswith("data: ") and '"content": "' in line and '"content": ""' not in line:
                         deltas += 1
                         if deltas >= 3:
