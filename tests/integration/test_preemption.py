@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -77,6 +78,7 @@ def test_interactive_arrival_preempts_batch_work_on_a_full_mixed_worker(stack, p
             "model": MODEL, "prompt": f"long batch job {index}", "max_tokens": BATCH_TOKENS, "ignore_eos": True})
 
     threads = [threading.Thread(target=batch, args=(i,)) for i in range(2)]
+    held = contextlib.ExitStack()
     try:
         stack.set_admission_limit(WORKER, 2)
         # The new worker too waits until both batch requests are queued, then takes both at once: two
@@ -86,13 +88,17 @@ def test_interactive_arrival_preempts_batch_work_on_a_full_mixed_worker(stack, p
         for thread in threads:
             thread.start()
         wait_until(lambda: stack.redis.zcard(keys.lane_key("batch")) == 2, 60, "both batch requests queued")
+        # The engine is held from here until the worker has taken the interactive request over its limit and
+        # the newest batch request has yielded back to its lane: the tiny model writes the batch requests'
+        # tokens in ~4 s, and on a loaded 2-core host the worker's Celery loop (and this test) were seen to
+        # go unscheduled for 3 s, so without the hold the batch requests often ended first. What is tested
+        # here (who yields, and where it goes) needs no engine; every request's tokens come after.
+        held.enter_context(suspended(engine_processes(stack.process(WORKER.split("@")[0]).pid)))
         for lane in LANES:
             app.control.add_consumer(lane, destination=[WORKER], reply=True, timeout=5)
-        # Both on the engine: the worker is full of batch work (they run ~4 s, so poll fast).
+        # Both on the engine: the worker is full of batch work.
         batch_ids = wait_until(lambda: (ids := running_batch_requests(stack)) and len(ids) == 2 and ids,
                                60, "both batch requests running", interval=0.01)
-        wait_until(lambda: all(stack.redis.xlen(keys.request_events_key(rid)) >= 3 for rid in batch_ids),
-                   30, "tokens from both batch requests", interval=0.01)  # start + deltas
         preempted_before = preempted_so_far(stack)
 
         sent_at = time.monotonic()
@@ -118,21 +124,15 @@ def test_interactive_arrival_preempts_batch_work_on_a_full_mixed_worker(stack, p
                             first_token.append(time.monotonic() - sent_at)
                         text.append(chunk["choices"][0]["text"])
 
-        # The engine is held from here until the worker has taken the interactive request over its limit and
-        # the newest batch request has yielded back to its lane: the tiny model writes the batch requests'
-        # tokens in ~4 s, and on a loaded 2-core host the worker's Celery loop was seen to go unscheduled
-        # for 3 s, so without the hold the batch requests often ended first. What is tested here (who
-        # yields, and where it goes) needs no engine; the interactive request's tokens come after.
         requeued: dict[str, float] = {}
         streamer = threading.Thread(target=stream_interactive)
-        with suspended(engine_processes(stack.process(WORKER.split("@")[0]).pid)):
-            assert len(running_batch_requests(stack)) == 2, "a batch request ended before the hold"
-            streamer.start()
-            interactive_id = wait_until(lambda: interactive.get("id"), 60, "the interactive request accepted")
-            wait_until(lambda: stack.redis.hget(keys.request_key(interactive_id), "status") == b"running", 60,
-                       "the worker to start the interactive request over its limit")
-            wait_until(lambda: requeued.update(queued_batch_messages(stack)) or requeued, 60,
-                       "the newest batch request back in its lane")
+        streamer.start()
+        interactive_id = wait_until(lambda: interactive.get("id"), 60, "the interactive request accepted")
+        wait_until(lambda: stack.redis.hget(keys.request_key(interactive_id), "status") == b"running", 60,
+                   "the worker to start the interactive request over its limit")
+        wait_until(lambda: requeued.update(queued_batch_messages(stack)) or requeued, 60,
+                   "the newest batch request back in its lane")
+        held.close()  # the engine runs again
         streamer.join(600)
         assert interactive["status"] == 200
         assert not errors and first_token and text, errors
@@ -177,6 +177,7 @@ def test_interactive_arrival_preempts_batch_work_on_a_full_mixed_worker(stack, p
             assert len([e for e in events(stack, rid) if e["type"] == "done"]) == 1
         wait_until(lambda: preempted_so_far(stack) == preempted_before + 1, 30, "the preemption in the heartbeat")
     finally:
+        held.close()
         for thread in threads:
             if thread.ident is not None:
                 thread.join(600)
@@ -186,7 +187,7 @@ def test_interactive_arrival_preempts_batch_work_on_a_full_mixed_worker(stack, p
 
 
 def run_interactive_beside_a_streamed_batch_request(stack) -> tuple[str, str]:
-    """Stream a batch request through the API (which marks it streamed); once it generates, queue an
+    """Stream a batch request through the API (which marks it streamed); once the worker runs it, queue an
     interactive request. Returns (batch id, interactive id) after both finished."""
     streamed: dict[str, object] = {}
 
@@ -199,27 +200,27 @@ def run_interactive_beside_a_streamed_batch_request(stack) -> tuple[str, str]:
                 streamed["lines"] = [line for line in response.iter_lines() if line.startswith("data: ")]
 
     enqueuer = Enqueuer(stack.celery(), stack.redis, {}, 1)
-    hold = suspended(engine_processes(stack.process(WORKER.split("@")[0]).pid))
     thread = threading.Thread(target=stream_batch)
-    thread.start()
+    # The engine is held until the worker has started both requests: the tiny model writes the batch
+    # request's tokens in ~4 s, and on a loaded 2-core host the worker's Celery loop (and this test) were
+    # seen to go unscheduled for 3 s, so without the hold the batch request often ended first. What is
+    # tested (the worker takes the interactive request over its limit, beside a streamed request it may not
+    # preempt) needs no engine; both requests' tokens come after.
     try:
-        wait_until(lambda: "id" in streamed and stack.redis.xlen(keys.request_events_key(streamed["id"])) >= 3,
-                   60, "the streamed batch request generating", interval=0.02)
-        # The engine is held until the worker has started the interactive request: the tiny model writes
-        # the batch request's tokens in ~4 s, and on a loaded 2-core host the worker's Celery loop was seen
-        # to go unscheduled for 3 s, so without the hold the batch request often ended first. What is
-        # tested (that the worker takes it over its limit, beside the streamed request) needs no engine.
-        with hold:
-            assert stack.redis.hget(keys.request_key(streamed["id"]), "status") == b"running", "it ended first"
+        with suspended(engine_processes(stack.process(WORKER.split("@")[0]).pid)):
+            thread.start()
+            wait_until(lambda: "id" in streamed and stack.redis.hget(keys.request_key(streamed["id"]), "status")
+                       == b"running", 60, "the streamed batch request running")
             # Straight into the lane, not through the API (which may take seconds here to accept a request).
             interactive = enqueue_direct(enqueuer, f"interactive-{uuid.uuid4().hex}", "interactive", time.time(),
                                          INTERACTIVE_TOKENS, model=MODEL)
             wait_until(lambda: stack.redis.hget(keys.request_key(interactive.request_id), "status") == b"running",
-                       60, "the worker to start the interactive request")
+                       60, "the worker to start the interactive request over its limit")
         wait_until(lambda: stack.redis.hget(keys.request_key(interactive.request_id), "status") == b"done", 120,
                    "the interactive request")
     finally:
-        thread.join(600)
+        if thread.ident is not None:
+            thread.join(600)
     assert streamed["lines"][-1] == "data: [DONE]"
     assert not any("error" in json.loads(line[6:]) for line in streamed["lines"][:-1])
     return streamed["id"], interactive.request_id
