@@ -18,8 +18,9 @@ Who calls what:
 * **API** publishes with Celery's ``send_task`` as before (Flower sees every task), adding the header
   ``LEDGER_HEADER: LedgerEntry.for_request(request).to_header()``.  The transport's ``_put``
   (:mod:`broker.transport`) strips that header from the stored message and calls :meth:`Ledger.enqueue`,
-  which ZADDs the message into its lane AND writes the queued state, the deadline tokens (+) and the
-  arrival counters.  A failed publish leaves none of them.
+  which ZADDs the message into its lane (and pushes the lane's wake-up token, :mod:`broker.lanes`) AND
+  writes the queued state, the deadline tokens (+) and the arrival counters.  A failed publish leaves
+  none of them.
 * **Worker** (``GenerationRequest`` in hand; ``now`` defaults to the current time where it is optional):
 
   - ``start(request_id, worker_id, now) -> int | None``: the attempt number this delivery runs as, or
@@ -61,6 +62,7 @@ from typing import Mapping
 
 from broker import deadlines
 from broker.fair_share import FairTicket
+from broker.lanes import SIGNAL_LUA, SIGNAL_TOKENS_KEPT
 from broker.messages import GenerationRequest
 from broker.request_events import EVENT_FIELD, EVENTS_TTL_S, encode_event
 from core import keys
@@ -328,14 +330,15 @@ local function end_closed(state, counts, closed, now, deadline_requests, deadlin
 end
 """ % (EVENT_FIELD, SCORE_HEADER)
 
-# KEYS: lane, state, deadline requests, deadline tokens, arrivals, the lane's fair-share clocks[, batch counts]
+# KEYS: lane, state, deadline requests, deadline tokens, arrivals, the lane's fair-share clocks, the lane's
+#       signal[, batch counts]
 # ARGV: message, score, lane, enqueued_at, state TTL, deadline, deadline bucket, expected tokens, arrival tokens,
 #       batch id, tenant ('' for none), tenant weight, fair cost (s), fair round (s), fair clocks TTL,
-#       fair share ('1' to place the request by its tenant's clock)
-_ENQUEUE = _LUA_COMMON + """
-local counts = KEYS[7]
+#       fair share ('1' to place the request by its tenant's clock), signal tokens kept
+_ENQUEUE = _LUA_COMMON + SIGNAL_LUA + """
+local counts = KEYS[8]
 local wrong = wrong_type(with_counts({KEYS[1], 'zset', KEYS[2], 'hash', KEYS[3], 'hash', KEYS[4], 'hash',
-                                      KEYS[5], 'hash', KEYS[6], 'hash'}, 7))
+                                      KEYS[5], 'hash', KEYS[6], 'hash', KEYS[7], 'list'}, 8))
 if wrong then return redis.error_reply(wrong) end
 -- A publish retried after its first try reached Redis: the request is in its lane already.  (A batch's
 -- enqueue resumed after its API process died relies on this too: every request enters once.)
@@ -374,6 +377,7 @@ if ARGV[16] == '1' then
   message = string.gsub(message, '"' .. SCORE_HEADER .. '": [-+.%deE]+', '"' .. SCORE_HEADER .. '": ' .. score, 1)
 end
 redis.call('ZADD', KEYS[1], score, message)
+signal_lane(KEYS[7], ARGV[17])  -- wakes a consumer (broker.lanes)
 if counts then redis.call('HINCRBY', counts, 'queued', 1) end
 redis.call('HSET', KEYS[2], 'status', 'queued', 'lane', ARGV[3], 'enqueued_at', ARGV[4], 'score', score,
            'expected_tokens', ARGV[8])
@@ -564,12 +568,13 @@ def _enqueue_call(queue: str, message: str | bytes, score: float, entry: LedgerE
         raise ValueError(f"ledger entry {entry.request_id}: score is {score}")
     return _Call("enqueue",
                  [keys.lane_key(queue), keys.request_key(entry.request_id), keys.DEADLINE_REQUESTS,
-                  keys.DEADLINE_TOKENS, keys.ARRIVALS, keys.fair_clocks_key(queue), *_counts(entry.batch_id)],
+                  keys.DEADLINE_TOKENS, keys.ARRIVALS, keys.fair_clocks_key(queue), keys.lane_signal_key(queue),
+                  *_counts(entry.batch_id)],
                  [message, repr(float(score)), queue, _number(entry.enqueued_at), entry.state_ttl_s(),
                   _number(entry.deadline), entry.deadline_bucket or "", _number(entry.expected_tokens),
                   _number(entry.arrival_tokens), entry.batch_id or "", entry.tenant or "",
                   _number(entry.tenant_weight), _number(entry.fair_cost_s), _number(entry.fair_round_s),
-                  FAIR_CLOCKS_TTL_S, "1" if entry.fair else ""])
+                  FAIR_CLOCKS_TTL_S, "1" if entry.fair else "", SIGNAL_TOKENS_KEPT])
 
 
 def _start_call(request_id: str, worker_id: str, now: float, batch_id: str | None) -> _Call:

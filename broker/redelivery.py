@@ -21,8 +21,9 @@ from celery.worker import state as worker_state
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
-from core import keys
+from broker import lanes
 from broker.transport import message_score
+from core import keys
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ def restore_unacked(client: redis.Redis, delivery_tag: str, dead_owner: str | No
             payload.get("properties", {}).get("delivery_info", {})["redelivered"] = True
             # Sluice declares every lane with routing key == queue name.
             pipe.zadd(keys.lane_key(routing_key), {dumps(payload): message_score(payload)})
+            lanes.signal(pipe, routing_key)  # wakes a consumer blocked on the lane
             restored = True
 
     # WATCH both hashes: a concurrent restore or a new delivery of the same tag aborts and re-checks.

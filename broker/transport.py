@@ -10,10 +10,14 @@ event loop integration Celery uses) is kombu's.  What changes:
   request the API publishes) is instead enqueued by the request ledger
   (:mod:`broker.ledger`), which adds it to its lane and records the request in
   one atomic step;
-* consume is ``BZPOPMIN lane1 lane2 ...`` with the lanes in an explicit
-  priority order (Redis pops from the first non-empty key in argument order),
-  so a worker always takes the lowest-score message of the highest-priority
-  non-empty lane;
+* every write into a lane also pushes a wake-up token onto the lane's signal
+  list (:mod:`broker.lanes`); a consumer blocks with ``BLPOP signal1 signal2
+  ...`` (lanes in an explicit priority order), and once woken (or when the
+  wait times out: a safety net) runs one script that pops the lowest-score
+  message of the first non-empty lane in that order AND records it as unacked
+  under its delivery tag, with the worker that holds it.  No popped message is
+  ever held by a process alone: a worker killed right after the pop leaves it
+  in the unacked records, and kombu's ``QoS.append`` writes nothing more;
 * each unacked message records which worker holds it, so that the messages of
   a worker whose heartbeat stopped can be redelivered at once
   (:mod:`broker.redelivery`) rather than after kombu's visibility timeout;
@@ -38,11 +42,13 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis import sentinel as redis_sentinel
 
+from broker import lanes as lane_ops
 from broker.ledger import LEDGER_HEADER, SCORE_HEADER, Ledger, LedgerEntry, ReplicaWait
 from core import keys
 
-HEADROOM_POLL_S = 0.25
-BULK_PUT_REQUESTS = 500  # requests per pipeline of a bulk publish: ~1 MB of messages a round trip  # a full consumer's wait on its headroom lanes alone, before it looks at all lanes again
+HEADROOM_POLL_S = 0.25  # a full consumer's wait on its headroom lanes alone, before it looks at all lanes again
+BULK_PUT_REQUESTS = 500  # requests per pipeline of a bulk publish: ~1 MB of messages a round trip
+_POP = lane_ops.OnceScript(lane_ops.POP)
 
 
 def message_score(message: dict) -> float:
@@ -92,6 +98,11 @@ class QoS(kombu_redis.QoS):
         return held < self.prefetch_count or held < self.prefetch_count + self.channel.usable_headroom()
 
     def append(self, message, delivery_tag):
+        if self.channel.recorded_tag == delivery_tag:
+            # The channel's pop recorded it as unacked in the same script (broker.lanes.POP).
+            virtual.QoS.append(self, message, delivery_tag)
+            return
+        # Any other delivery (kombu's rejection of a message no consumer wants): kombu's writes, with the owner.
         delivery = message.delivery_info
         with self.pipe_or_acquire() as pipe:
             pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
@@ -132,9 +143,17 @@ class Channel(kombu_redis.Channel):
     _ledger_of_client = None
     # While a bulk publish collects (``collect_requests``): the requests ``_put`` was given, not yet sent.
     _collected: list | None = None
+    # The delivery tag this channel's pop just recorded as unacked, while that message is being delivered.
+    recorded_tag: str | None = None
 
     from_transport_options = kombu_redis.Channel.from_transport_options + (
         "lane_priority", "worker_id", "headroom_lanes", "headroom", "wait_replicas", "wait_timeout_ms")
+
+    def __init__(self, *args, **kwargs):
+        self._no_ack_queues: set[str] = set()  # consumed without acks: their pops record nothing
+        self._get_no_ack = False  # basic_get's no_ack, for the _get it calls
+        self._put_script = None
+        super().__init__(*args, **kwargs)
 
     @property
     def replica_wait(self) -> ReplicaWait:
@@ -231,21 +250,55 @@ class Channel(kombu_redis.Channel):
                     self._ledger(client).enqueue(queue, dumps(message), score, LedgerEntry.from_header(entry))
             elif wait:
                 with client.pipeline(transaction=False) as pipe:  # WAIT on the connection that wrote
-                    pipe.zadd(keys.lane_key(queue), {dumps(message): score})
+                    self._put_plain(client, queue, message, score, pipe)
                     wait.add_to(pipe)
                     wait.check(pipe.execute()[-1], 1)
             else:
-                client.zadd(keys.lane_key(queue), {dumps(message): score})
+                self._put_plain(client, queue, message, score)
+
+    def _put_plain(self, client, queue, message, score, pipe=None):
+        """ZADD into the lane and push its wake-up token, in one script (broker.lanes.PUT)."""
+        if self._put_script is None:
+            self._put_script = client.register_script(lane_ops.PUT)
+        self._put_script(keys=[keys.lane_key(queue), keys.lane_signal_key(queue)],
+                         args=[repr(float(score)), dumps(message), lane_ops.SIGNAL_TOKENS_KEPT], client=pipe or client)
+
+    def basic_consume(self, queue, no_ack, *args, **kwargs):
+        (self._no_ack_queues.add if no_ack else self._no_ack_queues.discard)(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def basic_get(self, queue, no_ack=False, **kwargs):
+        self._get_no_ack = no_ack
+        try:
+            return super().basic_get(queue, no_ack, **kwargs)
+        finally:
+            self._get_no_ack = False
+            self.recorded_tag = None
+
+    def _pop(self, client, lanes: list[str], woken: str | None = None, no_ack: bool = False):
+        """One atomic pop (broker.lanes.POP) over ``lanes`` in order: the first non-empty lane's lowest-score
+        message, recorded as unacked (with this worker as its owner) unless it is taken without an ack
+        (``no_ack``, or its lane consumed so).  Returns (queue, message dict) and notes the recorded
+        delivery tag, or raises Empty."""
+        record = {lane: not no_ack and lane not in self._no_ack_queues for lane in lanes}
+        call_keys, args = lane_ops.pop_call(list(record.items()), woken, self.worker_id, time.time(),
+                                            self.unacked_key, self.unacked_index_key, keys.UNACKED_OWNER)
+        popped = _POP(client, call_keys, args)
+        if not popped:
+            raise virtual.Empty()
+        lane, member = popped
+        queue = keys.queue_of_lane_key(lane)
+        message = loads(bytes_to_str(member))
+        if record[queue]:
+            self.recorded_tag = message.get("properties", {}).get("delivery_tag")
+        return queue, message
 
     def _get(self, queue):
         if queue not in self.consumable_lanes():
             raise virtual.Empty()
         with self.conn_or_acquire() as client:
-            popped = client.zpopmin(keys.lane_key(queue), 1)
-        if not popped:
-            raise virtual.Empty()
-        member, _score = popped[0]
-        return loads(bytes_to_str(member))
+            _queue, message = self._pop(client, [queue], no_ack=self._get_no_ack)
+        return message
 
     def _size(self, queue):
         with self.conn_or_acquire() as client:
@@ -254,20 +307,22 @@ class Channel(kombu_redis.Channel):
     def _purge(self, queue):
         with self.conn_or_acquire() as client:
             with client.pipeline() as pipe:
-                size, _ = pipe.zcard(keys.lane_key(queue)).delete(keys.lane_key(queue)).execute()
+                size, _ = pipe.zcard(keys.lane_key(queue)).delete(keys.lane_key(queue),
+                                                                  keys.lane_signal_key(queue)).execute()
         return size
 
     def _brpop_start(self, timeout=None):
         if timeout is None:
             timeout = self.brpop_timeout
         # A full consumer with headroom waits on its headroom lanes alone, briefly: a slot that frees
-        # meanwhile widens the next BZPOPMIN to every lane, and the wait bounds how long it stays idle.
+        # meanwhile widens the next wait to every lane, and the wait bounds how long it stays idle.
         queues = self.consumable_lanes()
         if not queues:
             return
         if self.qos.full():
             timeout = min(timeout or HEADROOM_POLL_S, HEADROOM_POLL_S)
-        command = ["BZPOPMIN", *[keys.lane_key(queue) for queue in queues], timeout or 0]
+        # Block on the lanes' wake-up signals (broker.lanes), in priority order; the pop is _brpop_read's.
+        command = ["BLPOP", *[keys.lane_signal_key(queue) for queue in queues], timeout or 0]
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
         self.client.connection.send_command(*command)
@@ -275,22 +330,26 @@ class Channel(kombu_redis.Channel):
     def _brpop_read(self, **options):
         try:
             try:
-                popped = self.client.parse_response(self.client.connection, "BZPOPMIN", **options)
+                woken = self.client.parse_response(self.client.connection, "BLPOP", **options)
+                # Woken by a token, or the wait timed out (then the pop is the safety net for a lost token):
+                # pop and record as unacked in one script, on this same connection.
+                lanes = self.consumable_lanes()
+                if not lanes:
+                    raise virtual.Empty()
+                queue, message = self._pop(self.client, lanes, keys.queue_of_signal_key(woken[0]) if woken else None)
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
-            if not popped:
-                raise virtual.Empty()
-            lane, member = popped[0], popped[1]
-            self.connection._deliver(loads(bytes_to_str(member)), keys.queue_of_lane_key(lane))
+            self.connection._deliver(message, queue)
             return True
         finally:
+            self.recorded_tag = None
             self._in_poll = None
             self._flush_brpop_reauth()
 
     def _poll_error(self, type, **options):
         if type == "BRPOP":
-            type = "BZPOPMIN"
+            type = "BLPOP"
         return super()._poll_error(type, **options)
 
     def _do_restore_message(self, payload, exchange, routing_key, pipe, leftmost=False):
@@ -303,6 +362,7 @@ class Channel(kombu_redis.Channel):
         score = message_score(payload)
         for queue in self._lookup(exchange, routing_key):
             pipe.zadd(keys.lane_key(queue), {dumps(payload): score})
+            lane_ops.signal(pipe, queue)
 
 
 class SentinelChannel(Channel, kombu_redis.SentinelChannel):

@@ -6,6 +6,10 @@ PREFIX = "sluice"
 
 # Lanes: one sorted set per Celery queue, member = kombu message JSON, score = schedule position.
 LANE = PREFIX + ":lane:{queue}"
+# A lane's wake-up signal (broker.lane_signals): a list of tokens, one pushed with each message that enters
+# the lane (capped); consumers block on it with BLPOP, then pop the lane and record the message unacked in
+# one script.
+LANE_SIGNAL = PREFIX + ":signal:{queue}"
 # Fair share inside a lane (broker.fair_share): per tenant "finish:<t>", "round:<t>", "first:<t>" (its virtual
 # finish tag, its current round's start and the arrival of its first request in that round).
 FAIR_CLOCKS = PREFIX + ":fair:{queue}"
@@ -79,6 +83,10 @@ def lane_key(queue: str) -> str:
     return LANE.format(queue=queue)
 
 
+def lane_signal_key(queue: str) -> str:
+    return LANE_SIGNAL.format(queue=queue)
+
+
 def fair_clocks_key(queue: str) -> str:
     return FAIR_CLOCKS.format(queue=queue)
 
@@ -87,6 +95,12 @@ def queue_of_lane_key(key: str | bytes) -> str:
     if isinstance(key, bytes):
         key = key.decode()
     return key[len(PREFIX + ":lane:"):]
+
+
+def queue_of_signal_key(key: str | bytes) -> str:
+    if isinstance(key, bytes):
+        key = key.decode()
+    return key[len(PREFIX + ":signal:"):]
 
 
 def worker_key(worker_id: str) -> str:

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from core import keys
+from broker import lanes
 from broker.transport import SCORE_HEADER, lane_order, message_score
 from workers.batching import DynamicBatchGate, make_gate
 from broker.celery_app import broker_url
@@ -27,6 +28,24 @@ def test_message_score_defaults_to_arrival_and_sticks():
 
 def test_lane_keys_round_trip():
     assert keys.queue_of_lane_key(keys.lane_key("batch").encode()) == "batch"
+
+
+def test_signal_keys_round_trip():
+    assert keys.queue_of_signal_key(keys.lane_signal_key("batch").encode()) == "batch"
+    assert keys.lane_signal_key("batch") != keys.lane_key("batch")
+
+
+def test_pop_call_names_the_lanes_in_priority_order_then_the_woken_lane_if_not_consumed():
+    call_keys, args = lanes.pop_call([("interactive", True), ("r.reply", False)], "batch", "w@x", 2.5)
+    assert call_keys == [keys.UNACKED, keys.UNACKED_INDEX, keys.UNACKED_OWNER,
+                         keys.lane_key("interactive"), keys.lane_signal_key("interactive"),
+                         keys.lane_key("r.reply"), keys.lane_signal_key("r.reply"),
+                         keys.lane_key("batch"), keys.lane_signal_key("batch")]
+    assert args == ["2.5", "w@x", 2, "1", ""]
+    # The woken lane among those consumed (or no token: a timed-out wait) adds nothing; no worker id: ''.
+    assert lanes.pop_call([("batch", True)], "batch", None, 1.0)[0][3:] == [keys.lane_key("batch"),
+                                                                             keys.lane_signal_key("batch")]
+    assert lanes.pop_call([("batch", True)], None, None, 1.0)[1][1] == ""
 
 
 def test_broker_url():
