@@ -13,12 +13,7 @@ import pytest
 
 from bench.chaos import ChaosOptions, run_chaos
 
-# Opt-in (SLUICE_TEST_CHAOS=1) until the pop and its unacked record are one step: today a worker killed between
-# them loses the message (seen once in six runs of this test), so `lost == 0` fails by chance. The atomic pop
-# is built (branch `pop`) but broke headroom consumption (test_preemption's streamed-batch test) and was
-# reverted; docs/operations.md, "Chaos benchmark".
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not os.environ.get("SLUICE_TEST_CHAOS"), reason="set SLUICE_TEST_CHAOS=1 to run it")]
+pytestmark = pytest.mark.integration
 
 
 def stop_leftovers(data_dir: str) -> list[str]:
