@@ -56,6 +56,7 @@ import psutil
 import redis
 
 from bench.processes import BenchCluster
+from broker.heartbeat import read_heartbeats
 from broker.ledger import Ledger
 from core import keys
 from core.embedded_valkey import _valkey_binary
@@ -78,8 +79,9 @@ SUBMIT_GIVE_UP_S = 90.0  # a request not accepted within this long (every replic
 
 @dataclass
 class ChaosOptions:
-    rate: float = 1.0  # requests per second, all kinds and lanes together
-    max_tokens: int = 64  # long enough that streams are in flight when a replica dies
+    rate: float = 2.0  # requests per second, all kinds and lanes together
+    # Long enough that requests are in flight on the worker that is killed and streams on the replica.
+    max_tokens: int = 256
     baseline_s: float = 10.0  # load before the first fault
     gap_s: float = 10.0  # load after a fault has recovered, before the next
     outage_s: float = 3.0  # how long Redis stays down
@@ -410,6 +412,9 @@ class Round:
             return state.status_code == 200 and state.json()["status"] == "done"
 
         wait_for(served, timeout, "the stack to serve a request", interval=1.0, child=child)
+        # Every worker ready, not only the one that served: a fault must not hit a worker still loading.
+        wait_for(lambda: len(read_heartbeats(self.cluster.redis)) >= len(self.workers),
+                 max(1.0, timeout - (time.monotonic() - started)), "every worker ready", interval=1.0, child=child)
         return time.monotonic() - started
 
     async def drive(self, fault_plan) -> None:
@@ -478,9 +483,14 @@ class Round:
     # The faults -----------------------------------------------------------------------------------
 
     async def kill_worker(self) -> None:
-        victim = next(child for child in reversed(self.workers) if child.alive())
+        # The busiest live worker (by its heartbeat's requests in flight): the kill is meant to catch work.
+        inflight = {worker_id.split("@")[0]: beat.inflight
+                    for worker_id, beat in (await asyncio.to_thread(read_heartbeats, self.cluster.redis)).items()}
+        victim = max((child for child in reversed(self.workers) if child.alive()),
+                     key=lambda child: inflight.get(child.name, -1))
         engines = victim.descendants()
-        fault = self.record("worker", pid=victim.pid)
+        fault = self.record("worker", pid=victim.pid, worker_id=f"{victim.name}@chaos")
+        fault["killed_at_epoch"] = time.time()
         self.killed.add(victim.pid)
         victim.send_signal(signal.SIGKILL)  # the main process only: its engine must go by itself
         await asyncio.to_thread(victim.wait, 10)
@@ -544,10 +554,13 @@ class Round:
                 continue
         completed = lost = twice = redelivered = 0
         lost_ids, twice_ids = [], []
+        records = {}
+        started_by: dict[str, list[tuple[str, int]]] = {}  # request id -> (worker, attempt) of each start
         for request_id in sorted(accepted_ids):
-            record = ledger.read(request_id)
-            done_events = sum(1 for _, fields in client.xrange(keys.request_events_key(request_id))
-                              if json.loads(fields[b"event"]).get("type") == "done")
+            record = records[request_id] = ledger.read(request_id)
+            events = [json.loads(fields[b"event"]) for _, fields in client.xrange(keys.request_events_key(request_id))]
+            started_by[request_id] = [(e.get("worker"), e.get("attempt")) for e in events if e.get("type") == "start"]
+            done_events = sum(1 for e in events if e.get("type") == "done")
             outcome = by_id.get(request_id)
             if record is not None and record.attempt > 1:
                 redelivered += 1
@@ -574,6 +587,9 @@ class Round:
         anonymous_lost = sum(1 for o in outcomes if o.accepted_at is not None and not o.request_id
                              and o.answered_at is None)
         errors = Counter(error.split(":")[0] for o in outcomes for error in o.errors)
+        for fault in self.faults:
+            if fault["fault"] == "worker":
+                fault.update(victim_recovery(fault["worker_id"], fault["killed_at_epoch"], records, started_by))
         return {
             "requests_sent": len(outcomes),
             "accepted": len(accepted_ids) + anonymous_lost,
@@ -600,6 +616,21 @@ class Round:
         for process in reversed(self.cluster.processes):
             process.stop(timeout=15 if process in self.apis.values() else 30)
         self.cluster.processes.clear()
+
+
+def victim_recovery(worker_id: str, killed_at: float, records: dict, started_by: dict) -> dict:
+    """The requests the killed worker was running (started there, then run again on another attempt) and how
+    long after the kill the last of them was done: the recovery the issue bounds by twice the heartbeat TTL."""
+    victims = [request_id for request_id, starts in started_by.items()
+               if any(worker == worker_id and records[request_id] is not None and records[request_id].attempt > attempt
+                      for worker, attempt in starts)]
+    finished = [records[request_id].finished_at for request_id in victims
+                if records[request_id].status.value == "done" and records[request_id].finished_at]
+    # Restarted: the newest attempt's start, which the redelivery controls (the finish adds the rerun itself).
+    restarted = [records[request_id].started_at for request_id in victims if records[request_id].started_at]
+    return {"victim_requests": len(victims), "victim_requests_done": len(finished),
+            "victim_requests_restarted_after_s": round(max(restarted) - killed_at, 2) if restarted else None,
+            "victim_requests_done_after_s": round(max(finished) - killed_at, 2) if finished else None}
 
 
 def recovery_figures(outcomes: list[Outcome], faults: list[dict], window_s: float) -> list[dict]:
@@ -729,8 +760,8 @@ def run_chaos(options: ChaosOptions, json_out: str | None = None, echo=print) ->
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
 @click.option("--faults", default=",".join(ALL_FAULTS), show_default=True,
               help="Which faults, in order: worker, redis, api (one stack), failover (a Sentinel stack).")
-@click.option("--rate", type=float, default=1.0, show_default=True, help="Requests per second (all kinds).")
-@click.option("--max-tokens", type=int, default=64, show_default=True)
+@click.option("--rate", type=float, default=2.0, show_default=True, help="Requests per second (all kinds).")
+@click.option("--max-tokens", type=int, default=256, show_default=True)
 @click.option("--baseline-s", type=float, default=10.0, show_default=True, help="Load before the first fault.")
 @click.option("--gap-s", type=float, default=10.0, show_default=True, help="Load between recovered faults.")
 @click.option("--outage-s", type=float, default=3.0, show_default=True, help="How long Redis stays down.")
@@ -761,6 +792,10 @@ def chaos_command(json_out, faults, rate, max_tokens, baseline_s, gap_s, outage_
         click.echo(f"  {fault['fault']:>8} at {fault['at_s']:6.1f} s: first accepted +{fault['first_accepted_after_s']} s, "
                    f"first completed +{fault['first_completed_after_s']} s, success rate back "
                    f"+{fault['success_rate_back_after_s']} s")
+        if fault["fault"] == "worker":
+            click.echo(f"           its {fault['victim_requests']} running requests restarted elsewhere within "
+                       f"+{fault['victim_requests_restarted_after_s']} s of the kill, done within "
+                       f"+{fault['victim_requests_done_after_s']} s")
     for fault, why in report["skipped"].items():
         click.echo(f"  {fault}: skipped ({why})")
     click.echo(f"logs in {report['logs']}")

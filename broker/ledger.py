@@ -286,10 +286,17 @@ end
 -- The attempt that may answer is the newest, while the request has not ended: nil then, else the newest.
 -- An attempt above the newest recorded ran from a start this Redis lost (a Sentinel failover promoted a
 -- replica that had not received it): it is the newest there is, so it answers, and the record learns it.
-local function superseded(state, attempt)
+-- An answer (``lane`` given: finish, fail) for a record that is gone altogether ran from an enqueue this
+-- Redis lost the same way (or a record that expired queued, after a day): it is the only answer there is,
+-- so the record is made again from it and its client gets it. A requeue of a gone record takes nothing.
+local function superseded(state, attempt, lane, enqueued_at)
+  attempt = tonumber(attempt)
+  if lane and redis.call('EXISTS', state) == 0 then
+    redis.call('HSET', state, 'attempt', attempt, 'lane', lane, 'enqueued_at', enqueued_at, 'recreated', '1')
+    return nil
+  end
   local newest = tonumber(redis.call('HGET', state, 'attempt') or '0')
   local status = redis.call('HGET', state, 'status')
-  attempt = tonumber(attempt)
   if attempt < newest or not status or ENDED[status] then
     return newest
   end
@@ -416,13 +423,13 @@ return attempt
 
 # KEYS: state, events, completions, deadline requests, deadline tokens[, batch counts]
 # ARGV: attempt, finished_at, result, done event ('' for a request nobody follows), completion, events TTL,
-#       completions kept, state TTL
+#       completions kept, state TTL, lane, enqueued_at (these two make a lost record again)
 _FINISH = _LUA_COMMON + """
 local counts = KEYS[6]
 local wrong = wrong_type(with_counts({KEYS[1], 'hash', KEYS[2], 'stream', KEYS[3], 'list', KEYS[4], 'hash',
                                       KEYS[5], 'hash'}, 6))
 if wrong then return redis.error_reply(wrong) end
-local newest = superseded(KEYS[1], ARGV[1])
+local newest = superseded(KEYS[1], ARGV[1], ARGV[9], ARGV[10])
 if newest then return newest end
 set_status(KEYS[1], counts, 'done', 'finished_at', ARGV[2], 'result', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[8])
@@ -438,12 +445,12 @@ return false
 
 # KEYS: state, events, deadline requests, deadline tokens[, batch counts]
 # ARGV: attempt, finished_at, error, error event ('' for a request nobody follows), events TTL, state TTL,
-#       status (failed; or cancelled | expired for a running request of a closed batch)
+#       status (failed; or cancelled | expired for a running request of a closed batch), lane, enqueued_at
 _FAIL = _LUA_COMMON + """
 local counts = KEYS[5]
 local wrong = wrong_type(with_counts({KEYS[1], 'hash', KEYS[2], 'stream', KEYS[3], 'hash', KEYS[4], 'hash'}, 5))
 if wrong then return redis.error_reply(wrong) end
-local newest = superseded(KEYS[1], ARGV[1])
+local newest = superseded(KEYS[1], ARGV[1], ARGV[8], ARGV[9])
 if newest then return newest end
 set_status(KEYS[1], counts, ARGV[7], 'finished_at', ARGV[2], 'error', ARGV[3])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
@@ -592,7 +599,8 @@ def _finish_call(request: GenerationRequest, attempt: int, record: dict, text: s
                   # The answer stays with the request state (24 h) for clients that poll instead of waiting.
                   json.dumps({**record, "text": text}),
                   encode_event({"type": "done", **record}) if request.followed else "",
-                  json.dumps(completion), EVENTS_TTL_S, COMPLETIONS_KEPT, REQUEST_STATE_TTL_S])
+                  json.dumps(completion), EVENTS_TTL_S, COMPLETIONS_KEPT, REQUEST_STATE_TTL_S,
+                  request.slo, _number(request.enqueued_at)])  # to make a lost record again
 
 
 def _fail_call(request: GenerationRequest, attempt: int, error: str, now: float | None,
@@ -605,7 +613,7 @@ def _fail_call(request: GenerationRequest, attempt: int, error: str, now: float 
                  [keys.request_key(request_id), keys.request_events_key(request_id), keys.DEADLINE_REQUESTS,
                   keys.DEADLINE_TOKENS, *_counts(request.batch_id)],
                  [attempt, _number(_now(now)), error, encode_event(event) if request.followed else "",
-                  EVENTS_TTL_S, REQUEST_STATE_TTL_S, status.value])
+                  EVENTS_TTL_S, REQUEST_STATE_TTL_S, status.value, request.slo, _number(request.enqueued_at)])
 
 
 def _requeue_call(request: GenerationRequest, attempt: int, worker_id: str, now: float | None) -> _Call:

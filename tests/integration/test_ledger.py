@@ -205,7 +205,7 @@ def test_only_the_newest_attempt_answers(ledger, client):
     assert deadline_counts(client) == (0, 0.0)
 
 
-def test_an_attempt_whose_start_was_lost_still_answers(ledger, client):
+def test_an_attempt_whose_start_or_enqueue_was_lost_still_answers(ledger, client):
     # A Sentinel failover promotes a replica that never received the worker's start: the record says
     # attempt 0 (queued) while the worker runs attempt 1. Its finish is the newest there is, so it lands.
     request = make_request()
@@ -218,10 +218,18 @@ def test_an_attempt_whose_start_was_lost_still_answers(ledger, client):
     assert deadline_counts(client) == (0, 0.0)
     # Nothing answers after the end, and an older attempt never did.
     assert ledger.fail(request, attempt + 1, "late", NOW + 9) == attempt
-    # A record that is gone (expired) takes nothing: no half record is created.
+    # A record that is gone altogether (its enqueue lost at a failover, or expired queued): a requeue takes
+    # nothing, but the answer is the only one there is, so it makes the record again and is delivered.
     client.delete(keys.request_key(request.request_id))
-    assert ledger.finish(request, 5, done_record(request, 5), "ghost", {}) == 0
+    assert ledger.requeue(request, 5, "w1", NOW + 10) == 0
     assert not client.exists(keys.request_key(request.request_id))
+    assert ledger.finish(request, 5, done_record(request, 5), "found", {}) is None
+    record = ledger.read(request.request_id)
+    assert (record.status, record.attempt, record.lane, record.enqueued_at) == (
+        RequestStatus.done, 5, request.slo, request.enqueued_at)
+    assert events(client, request.request_id)[-1]["type"] == "done"
+    # ... and, being ended, takes no other answer.
+    assert ledger.finish(request, 5, done_record(request, 5), "again", {}) == 5
 
 
 def test_fail_records_the_error_and_releases_the_deadline(ledger, client):

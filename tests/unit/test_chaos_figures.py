@@ -1,6 +1,6 @@
 """The chaos benchmark's recovery figures (bench.chaos.recovery_figures), on made-up client records."""
 
-from bench.chaos import Outcome, Replicas, recovery_figures
+from bench.chaos import Outcome, Replicas, recovery_figures, victim_recovery
 
 
 def outcome(index: int, sent: float, accepted: float | None, answered: float | None, *errors: str) -> Outcome:
@@ -35,3 +35,22 @@ def test_the_balancer_skips_a_replica_that_is_down_and_avoids_the_one_asked():
     replicas.mark_down("a", 60)
     assert {replicas.pick() for _ in range(4)} == {"b"}
     assert Replicas(["a", "b"]).pick(avoid="a") == "b"
+
+
+def test_victim_recovery_counts_the_killed_workers_requests_that_ran_again():
+    from broker.ledger import RequestRecord, RequestStatus
+
+    def record(request_id, attempt, started_at, finished_at, status=RequestStatus.done):
+        return RequestRecord(request_id=request_id, status=status, attempt=attempt, started_at=started_at,
+                             finished_at=finished_at)
+
+    records = {"a": record("a", 2, 105.0, 108.0),  # started on the victim, ran again elsewhere: a victim
+               "b": record("b", 1, 99.0, 101.0),  # finished on the victim before the kill: not one
+               "c": record("c", 1, 102.0, 103.0),  # only ever on the survivor
+               "d": record("d", 2, 106.0, None, RequestStatus.running)}  # a victim not done yet
+    started_by = {"a": [("w2@chaos", 1), ("w1@chaos", 2)], "b": [("w2@chaos", 1)], "c": [("w1@chaos", 1)],
+                  "d": [("w2@chaos", 1), ("w1@chaos", 2)]}
+    figures = victim_recovery("w2@chaos", 100.0, records, started_by)
+    assert figures == {"victim_requests": 2, "victim_requests_done": 1, "victim_requests_restarted_after_s": 6.0,
+                       "victim_requests_done_after_s": 8.0}
+    assert victim_recovery("w3@chaos", 100.0, records, started_by)["victim_requests_done_after_s"] is None
