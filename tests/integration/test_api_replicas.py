@@ -14,7 +14,7 @@ import pytest
 
 from core import keys
 from core.processes import http_ok
-from tests.conftest import free_port, wait_until
+from tests.conftest import engine_processes, free_port, suspended, wait_until
 from tests.integration.test_batches import chat_line, client_for, upload, wait_for_status
 
 pytestmark = pytest.mark.integration
@@ -108,18 +108,25 @@ def test_killing_a_replica_loses_no_accepted_request_and_its_batch_goes_on(stack
     a, b = replicas
     model = model_of(a)
     openai_a, openai_b = client_for(a.base_url), client_for(b.base_url)
-    lines = [chat_line(f"line-{index}", model, max_tokens=16) for index in range(120)]
-    batch = openai_a.batches.create(input_file_id=upload(openai_a, lines).id, endpoint="/v1/chat/completions",
-                                    completion_window="24h")
-    accepted = [submit_async(a, model, f"Question {index}: what is a lake?", max_tokens=8) for index in range(12)]
-    wait_for_status(openai_a, batch.id, ("in_progress",), 60)
+    lines = [chat_line(f"line-{index}", model, max_tokens=48) for index in range(120)]
+    engines = engine_processes(stack.process("main").pid)  # looked up now, so that holding them is instant
+    # The engine is held until the batch is seen in progress: the tiny model can answer all its lines in
+    # seconds, and a stall of this process let the batch end before it was ever seen running (CI).
+    with suspended(engines):
+        batch = openai_a.batches.create(input_file_id=upload(openai_a, lines).id, endpoint="/v1/chat/completions",
+                                        completion_window="24h")
+        accepted = [submit_async(a, model, f"Question {index}: what is a lake?", max_tokens=8) for index in range(12)]
+        wait_for_status(openai_a, batch.id, ("in_progress",), 60)
     wait_until(lambda: openai_a.batches.retrieve(batch.id).request_counts.completed >= 1, 120,
-               "the batch's first answers")
-    # SIGKILL: no shutdown hook runs, leases are left to expire, streams its clients followed are cut.
-    os.kill(a.process.pid, signal.SIGKILL)
-    a.process.wait(10)
-    assert not a.process.alive()
-    at_kill = openai_b.batches.retrieve(batch.id)
+               "the batch's first answers", interval=0.05)
+    # The engine is held while A dies, so that the batch is still running then: the tiny model answers
+    # 120 lines of 48 tokens in seconds, and a stall of this process could let it finish first.
+    with suspended(engines):
+        # SIGKILL: no shutdown hook runs, leases are left to expire, streams its clients followed are cut.
+        os.kill(a.process.pid, signal.SIGKILL)
+        a.process.wait(10)
+        assert not a.process.alive()
+        at_kill = openai_b.batches.retrieve(batch.id)
     assert at_kill.status == "in_progress" and at_kill.request_counts.completed < len(lines), at_kill
     # Every request A accepted finishes, readable through B.
     for request_id in accepted:
