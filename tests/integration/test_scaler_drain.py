@@ -58,13 +58,14 @@ def test_a_drained_worker_holding_a_request_is_observed_draining_not_serving(mod
     try:
         [worker_id] = actuator.scale("mixed", 1).started
         wait_until(ready, 240, "the worker's first heartbeat", interval=0.5)
-        enqueue_direct(Enqueuer(app, client, {}, 1), "long-request", "batch", time.time(), LONG, model=MODEL)
-        wait_until(lambda: beat().inflight == 1, 60, "the worker to take the request", interval=0.2)
-        # Its engine is held from here on, so the request is still running when the snapshot is read: the tiny
-        # model can finish 1,900 tokens within the drain on a quiet host (seen in CI: running_batch 0).
+        # Its engine is held from before the request is queued, so the request is still running when the
+        # snapshot is read: the tiny model can finish 1,900 tokens before a heartbeat shows it taken, or within
+        # the drain, on a quiet host (seen in CI twice: running_batch 0).
         engines = engine_processes(beat().pid)
         assert engines
         held.enter_context(suspended(engines))
+        enqueue_direct(Enqueuer(app, client, {}, 1), "long-request", "batch", time.time(), LONG, model=MODEL)
+        wait_until(lambda: beat().inflight == 1, 60, "the worker to take the request", interval=0.2)
 
         first = service.observe()
         assert [w.worker_id for w in service.snapshot(first).workers_in("mixed")] == [worker_id]  # serving
