@@ -56,6 +56,9 @@ class BenchSetup:
     workload_name: str = "azure-hour"
     servegen: ServeGenWorkloadConfig = field(default_factory=ServeGenWorkloadConfig)
     offline_window_s: float = 60.0  # the offline bound's window (one cold start)
+    # Share of the load-test capacity the offline bound plans each instance at; None = the workload's tuned
+    # value (OFFLINE_BOUND_UTILIZATION: the highest whose replay meets the SLOs, from a sweep).
+    offline_utilization: float | None = None
     # The simulated load test's capacity (scaler.sim.profile), measured once per run by run_cluster_bench.
     sustained: SustainedProfile | None = None
 
@@ -268,8 +271,20 @@ def offline_bound_schedule(setup: "BenchSetup") -> OfflineSchedule:
     limit = setup.scaler.limits("batch").max_instances
     return offline_schedule(
         built.interactive, built.batch, built.horizon_s, inter, batch, setup.scaler.chiron.cold_start_s,
-        setup.offline_window_s, limit,
+        setup.offline_window_s, limit, utilization=offline_bound_utilization(setup),
     )
+
+
+# The offline bound plans each instance at this share of the load-test capacity: per workload, the highest of the
+# sweep 1.0, 0.95, 0.9, ... whose replay meets 99% of both SLOs (docs/scaler.md, "Offline lower bound"). At 1.0
+# the plan is a floor that its own replay misses (bursts inside a minute); both figures are reported.
+OFFLINE_BOUND_UTILIZATION = {"azure-hour": 1.0, "servegen-day": 0.8, "servegen-week": 0.8}
+
+
+def offline_bound_utilization(setup: "BenchSetup") -> float:
+    if setup.offline_utilization is not None:
+        return setup.offline_utilization
+    return OFFLINE_BOUND_UTILIZATION.get(setup.workload_name, 1.0)
 
 
 def simulate(policy: str, setup: BenchSetup, progress: bool = False, interactive_only: bool = False,
@@ -465,10 +480,14 @@ def comparisons(summaries: dict, setup: BenchSetup, sizing: dict | None) -> dict
             keep_up_gpu_h = (sizing["interactive"] + sizing["batch_keep_up"]) * setup.tensor_parallel * hours
             out["static_peak_keep_up_gpu_hours_unsimulated"] = keep_up_gpu_h
             out["gpu_hour_saving_vs_static_peak_keep_up"] = 1 - chiron["gpu_hours"] / keep_up_gpu_h
-    same = {p: s for p, s in summaries.items() if p not in ("chiron", "static_peak") and meets(s)}
+    # The offline bound knows the future: a yardstick (gpu_hours_vs_offline_bound), not a baseline to beat.
+    same = {p: s for p, s in summaries.items() if p not in ("chiron", "static_peak", "offline_bound") and meets(s)}
     out["baselines_meeting_slo"] = sorted(same)
     out["gpu_hour_saving_vs_baselines_meeting_slo"] = {p: 1 - chiron["gpu_hours"] / s["gpu_hours"] for p, s in same.items()}
     out["chiron_fewest_gpu_hours_among_those"] = all(chiron["gpu_hours"] < s["gpu_hours"] for s in same.values())
+    bound = summaries.get("offline_bound")
+    if bound is not None:
+        out["offline_bound_meets_slo"] = meets(bound)
     return out
 
 
@@ -544,11 +563,16 @@ def plot_timelines(timelines: dict[str, dict], report: dict, path: str) -> None:
 @click.option("--hours", type=float, default=1.0, show_default=True, help="Arrival window of the azure-hour workload.")
 @click.option("--policy", "policies", multiple=True, type=click.Choice(POLICY_NAMES), help="Subset of policies.")
 @click.option("--workers", type=int, default=2, show_default=True, help="Policies simulated in parallel.")
+@click.option("--bound-utilization", type=click.FloatRange(0.05, 1.0), default=None,
+              help="Share of the load-test capacity the offline bound plans at (default: the workload's tuned value).")
 def cluster_command(
-    json_out: str, plot_out: str | None, workload: str, hours: float, policies: tuple[str, ...], workers: int
+    json_out: str, plot_out: str | None, workload: str, hours: float, policies: tuple[str, ...], workers: int,
+    bound_utilization: float | None,
 ) -> None:
     """Simulate a GPU cluster under every scaling policy and compare SLO attainment and GPU-hours."""
-    report = run_cluster_bench(json_out, plot_out, hours, tuple(policies) or None, workers=workers, workload=workload)
+    setup = BenchSetup(hours=hours, workload_name=workload, offline_utilization=bound_utilization)
+    report = run_cluster_bench(json_out, plot_out, hours, tuple(policies) or None, setup=setup, workers=workers,
+                               workload=workload)
     click.echo(f"workload: {report['workload']['name']}")
     click.echo(markdown_table(report))
     if report.get("static_peak_sizing"):

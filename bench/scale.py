@@ -70,16 +70,27 @@ async def drive_load(base_url: str, schedule, max_tokens: int, results: list, st
                 results.append({"sent": sent, "ok": ok, "status": response.status_code,
                                 "ttft_s": reply.get("sluice", {}).get("ttft_s"), "worker": reply.get("sluice", {}).get("worker")})
             except httpx.HTTPError as exc:
-                results.append({"sent": sent, "ok": False, "status": str(exc)})
+                results.append({"sent": sent, "ok": False, "status": f"{type(exc).__name__}: {exc}"})
 
         tasks = []
         index = 0
+        # Open loop on absolute times: each arrival is due at the previous one's time plus an exponential gap,
+        # so a loop slowed by a busy host catches up instead of silently offering less load (it offered about
+        # half of 6 req/s on this 2-core machine when it slept each gap from whenever it woke up).
+        due = time.time()
         for duration, rate in schedule:
-            end = time.time() + duration
-            while time.time() < end:
+            end = due + duration
+            if rate <= 0:
+                due = end
+                continue
+            while True:
+                due += rng.exponential(1 / rate)
+                if due >= end:
+                    due = end
+                    break
+                await asyncio.sleep(max(0.0, due - time.time()))
                 tasks.append(asyncio.create_task(one(index)))
                 index += 1
-                await asyncio.sleep(rng.exponential(1 / rate) if rate > 0 else duration)
         stop_at.append(time.time())
         await asyncio.gather(*tasks)
 
@@ -129,6 +140,30 @@ def attainment_by_phase(results: list[dict], started: float, ramp_s: float, high
                       "ttft_p50_s": round(float(np.percentile(ttfts, 50)), 3) if ttfts else None,
                       "ttft_p90_s": round(float(np.percentile(ttfts, 90)), 3) if ttfts else None}
     return out
+
+
+def episode(timeline: list[dict], actions: list[dict], started: float) -> dict:
+    """The pressure episode's milestones, in seconds from the load's start (pure): the queue's peak, the first
+    scale-out and why, when the added worker first heartbeats, when the queue is empty again after its peak
+    with it serving, and the scale-in."""
+    def rel(t: float | None) -> float | None:
+        return None if t is None else round(t - started, 1)
+
+    peak = max(timeline, key=lambda s: s["queued"], default=None)
+    outs = [a for a in actions if a["pool"] == "mixed" and a["to"] > a["from"] and a["from"] >= 1]
+    scale_out = outs[0] if outs else None
+    ready = next((s["t"] for s in timeline if scale_out and s["t"] >= scale_out["at"] and len(s["workers"]) >= 2), None)
+    recovered = next((s["t"] for s in timeline if peak and s["t"] > peak["t"] and s["queued"] == 0), None)
+    ins = [a for a in actions if a["pool"] == "mixed" and a["to"] < a["from"] and scale_out and a["at"] > scale_out["at"]]
+    return {
+        "max_queued": peak["queued"] if peak else 0, "max_queued_at_s": rel(peak["t"]) if peak else None,
+        "scale_out_at_s": rel(scale_out["at"]) if scale_out else None,
+        "scale_out_reason": scale_out["reason"] if scale_out else None,
+        "added_worker_ready_at_s": rel(ready),
+        "workers_when_queue_recovered": next((len(s["workers"]) for s in timeline if s["t"] == recovered), None),
+        "queue_recovered_at_s": rel(recovered),
+        "scale_in_at_s": rel(ins[0]["at"]) if ins else None,
+    }
 
 
 def mixed_pool_target(cluster: BenchCluster) -> int | None:
@@ -192,6 +227,8 @@ def run_scale_bench(*, low_rps: float = 0.5, high_rps: float = 6.0, ramp_s: floa
     finally:
         cluster.stop()
     counts = [len(s["workers"]) for s in timeline]
+    actions = [{**d, "t_s": round(d["at"] - started, 1)} for d in decisions
+               if d["kind"] == "instances" and d["action"] != "hold"][::-1]
     limits = sorted({w["admission_limit"] for s in timeline for w in s["workers"].values()})
     ttft_slo_s = TTFT_SLO_S
     report = {
@@ -204,11 +241,12 @@ def run_scale_bench(*, low_rps: float = 0.5, high_rps: float = 6.0, ramp_s: floa
         "lost_or_failed": [r for r in results if not r["ok"]],
         "max_workers": max(counts, default=0), "final_workers": counts[-1] if counts else 0,
         "admission_limits_seen": limits,
-        "scale_actions": [d for d in decisions if d["kind"] == "instances" and d["action"] != "hold"][::-1],
+        "scale_actions": actions,
+        "episode": episode(timeline, actions, started),
         "admission_limit_changes": sum(1 for d in decisions if d["kind"] == "admission_limit"),
-        "timeline": [{"t": s["t"] - timeline[0]["t"], "workers": len(s["workers"]), "queued": s["queued"],
+        "timeline": [{"t": s["t"] - started, "workers": len(s["workers"]), "queued": s["queued"],
                       "limits": {w: v["admission_limit"] for w, v in s["workers"].items()}} for s in timeline],
-        "ttft": [{"t": r["sent"] - timeline[0]["t"], "ttft_s": r.get("ttft_s")} for r in results
+        "ttft": [{"t": r["sent"] - started, "ttft_s": r.get("ttft_s")} for r in results
                  if timeline and r.get("ttft_s") is not None],
     }
     if json_out:
@@ -236,6 +274,10 @@ def plot_timeline(report: dict, results: list[dict], path: str) -> None:
     axes[2].legend(fontsize=7)
     for worker in sorted({w for s in report["timeline"] for w in s["limits"]}):
         axes[3].step(t, [s["limits"].get(worker, np.nan) for s in report["timeline"]], where="post", label=worker)
+    for action in report["scale_actions"]:  # decisions: scale-out green, scale-in orange
+        for ax in axes[:3]:
+            ax.axvline(action["t_s"], color="green" if action["to"] > action["from"] else "orange", linestyle=":",
+                       linewidth=1)
     axes[3].set_ylabel("admission limit")
     axes[3].set_xlabel("seconds")
     axes[3].legend(fontsize=7)
@@ -249,14 +291,19 @@ def plot_timeline(report: dict, results: list[dict], path: str) -> None:
 @click.option("--plot", "plot_out", type=click.Path(dir_okay=False), default=None)
 @click.option("--high-rps", type=float, default=6.0, show_default=True, help="Peak interactive arrival rate.")
 @click.option("--high-s", type=float, default=60.0, show_default=True, help="Seconds at the peak.")
+@click.option("--low-rps", type=float, default=0.5, show_default=True, help="Arrival rate before the ramp.")
+@click.option("--max-tokens", type=int, default=120, show_default=True,
+              help="Tokens each request generates: longer answers make the worker, not the API, the bottleneck.")
 @click.option("--redis-url", default=None, help="Redis to use (its database is flushed). Default: embedded Valkey.")
 @click.option("--profile/--no-profile", "profile_first", default=True, show_default=True,
               help="Measure the worker's capacity with `sluice profile` first (else Chiron plans with the prior).")
 @click.option("--max-admission-limit", type=int, default=8, show_default=True,
               help="Most requests one worker runs at once: 8 makes the peak queue on one worker.")
-def scale_command(json_out, plot_out, high_rps, high_s, redis_url, profile_first, max_admission_limit):
+def scale_command(json_out, plot_out, high_rps, high_s, low_rps, max_tokens, redis_url, profile_first,
+                  max_admission_limit):
     """Ramp real load up and down against `sluice scaler run --policy chiron` with local workers."""
-    report = run_scale_bench(high_rps=high_rps, high_s=high_s, json_out=json_out, plot_out=plot_out,
+    report = run_scale_bench(high_rps=high_rps, high_s=high_s, low_rps=low_rps, max_tokens=max_tokens,
+                             json_out=json_out, plot_out=plot_out,
                              redis_url=redis_url, profile_first=profile_first,
                              max_admission_limit=max_admission_limit)
     if report["capacity_profile"] is not None:
@@ -270,4 +317,5 @@ def scale_command(json_out, plot_out, high_rps, high_s, redis_url, profile_first
         click.echo(f"  {phase:>6}: {figures['requests']} requests, TTFT SLO ({report['config']['ttft_slo_s']} s) met by "
                    f"{figures['slo_attainment']}, TTFT p50 {figures['ttft_p50_s']} s, p90 {figures['ttft_p90_s']} s")
     for action in report["scale_actions"]:
-        click.echo(f"  {action['pool']}: {action['from']} -> {action['to']}: {action['reason']}")
+        click.echo(f"  t={action['t_s']:.0f}s {action['pool']}: {action['from']} -> {action['to']}: {action['reason']}")
+    click.echo(f"episode: {json.dumps(report['episode'])}")

@@ -45,6 +45,27 @@ def worker_command(pool: str, worker_id: str, extra_args: Sequence[str] = (),
                        *extra_args, python=python)
 
 
+def default_cpu_slots(env: dict[str, str]) -> tuple[str, ...]:
+    """One CPU set per worker engine: this process's CPUs in groups of ``OMP_NUM_THREADS`` (the engine's threads).
+
+    The CPU analogue of one GPU per worker. Without it every vLLM CPU engine binds its threads to the same
+    core (``VLLM_CPU_OMP_THREADS_BIND=auto`` picks core 0 for rank 0 in every engine), so a second worker on a
+    2-core host added no capacity and its start was starved for minutes. Empty when the environment already
+    sets the binding (the operator's choice) or when there are not two sets to hand out.
+    """
+    if env.get("VLLM_CPU_OMP_THREADS_BIND"):
+        return ()
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    per_engine = max(1, int(env.get("OMP_NUM_THREADS") or 1))
+    slots = tuple(",".join(str(c) for c in cpus[i:i + per_engine]) for i in range(0, len(cpus) - per_engine + 1, per_engine))
+    return slots if len(slots) > 1 else ()
+
+
+def least_used_slot(slots: Sequence[str], in_use: Sequence[str]) -> str:
+    """The slot the fewest live workers hold (the earliest on ties): workers come and go in any order."""
+    return min(slots, key=lambda slot: (sum(1 for used in in_use if used == slot), slots.index(slot)))
+
+
 @dataclass
 class _Worker:
     worker_id: str
@@ -54,6 +75,7 @@ class _Worker:
     started_at: float
     draining_since: float | None = None
     killed: bool = False
+    cpu_slot: str | None = None  # VLLM_CPU_OMP_THREADS_BIND of its engine
 
 
 @dataclass(frozen=True)
@@ -70,13 +92,15 @@ class LocalActuator:
                  command_factory: CommandFactory | None = None, max_starting: int | None = 4,
                  log_dir: str | Path | None = None, env: dict[str, str] | None = None,
                  drain_timeout_s: float = 300.0, max_instances: int | None = 64, host: str | None = None,
-                 cwd: str | Path | None = None):
+                 cwd: str | Path | None = None, cpu_slots: Sequence[str] | None = None):
         """``redis_url``: the Redis the workers it starts use (SLUICE_REDIS_URL in their environment);
         ``redis``: a client for reading heartbeats (default: one for ``redis_url``). ``env``: the workers'
         environment (default: this process's).
         ``command_factory(pool, worker_id) -> argv`` replaces the real worker command (tests).
         ``max_starting``: at most this many instances starting at once (None: no cap); a larger
-        scale-out reports the rest as ``pending`` and the next ``scale`` call continues it."""
+        scale-out reports the rest as ``pending`` and the next ``scale`` call continues it.
+        ``cpu_slots``: the CPU sets handed to the workers' engines, least used first (default:
+        :func:`default_cpu_slots`; empty: no binding)."""
         if redis_url is None:
             raise ValueError("the local actuator needs redis_url: the Redis its workers use and it watches")
         if redis is None:
@@ -86,6 +110,7 @@ class LocalActuator:
         self.redis = redis
         self.env = dict(os.environ if env is None else env)
         self.env["SLUICE_REDIS_URL"] = redis_url  # the workers use the Redis the actuator watches
+        self.cpu_slots = tuple(default_cpu_slots(self.env) if cpu_slots is None else cpu_slots)
         self.extra_args = tuple(extra_args)
         self.command_factory = command_factory or (lambda pool, wid: worker_command(pool, wid, self.extra_args))
         self.max_starting = max_starting
@@ -188,9 +213,14 @@ class LocalActuator:
         index, worker_id = self._new_worker_id(pool)
         argv = list(self.command_factory(pool, worker_id))
         log_path = self.log_dir / f"{worker_id.replace('@', '_at_').replace('/', '_')}.log"
-        process = Child(worker_id, argv, env=self.env, log_path=log_path, append_log=True, cwd=self.cwd)
-        self._workers[worker_id] = _Worker(worker_id, pool, index, process, time.time())
-        log.info("started worker %s (pid %d, pool %s); log: %s", worker_id, process.pid, pool, log_path)
+        env, slot = self.env, None
+        if self.cpu_slots:
+            slot = least_used_slot(self.cpu_slots, [w.cpu_slot for w in self._workers.values() if w.cpu_slot])
+            env = {**self.env, "VLLM_CPU_OMP_THREADS_BIND": slot}
+        process = Child(worker_id, argv, env=env, log_path=log_path, append_log=True, cwd=self.cwd)
+        self._workers[worker_id] = _Worker(worker_id, pool, index, process, time.time(), cpu_slot=slot)
+        log.info("started worker %s (pid %d, pool %s%s); log: %s", worker_id, process.pid, pool,
+                 f", engine on CPUs {slot}" if slot else "", log_path)
         return worker_id
 
     def _drain(self, worker: _Worker) -> None:

@@ -259,11 +259,17 @@ def scale_in_target(
     snapshot: ClusterSnapshot, state: ChironState, requirement: Requirement, config: ScalerConfig
 ) -> Step[int | None]:
     """The highest requirement of the last ``scale_in_stabilization_s`` when it is below the serving instances
-    provisioned, the history covers the window, the last scale-in is a window ago and no request waits; else None."""
+    provisioned, the history covers the window, the last scale-in is a window ago, no serving instance is still
+    starting and no request waits; else None.
+
+    An instance still starting has not served yet: the requirement that launched it has not been tried, and
+    removing it throws away the cold start already paid (the live bench scaled in a worker that the queue had
+    asked for while it was still loading its engine, with the queue still growing)."""
     cfg = config.chiron
     now = snapshot.now
     window = cfg.scale_in_stabilization_s
     provisioned = serving_provisioned(snapshot)
+    starting = snapshot.pool("interactive").starting + snapshot.pool("mixed").starting
     queued = snapshot.interactive.queued if snapshot.interactive else 0
     highest = max(r for _, r in requirement.history)
     covered = now - requirement.history[0][0]
@@ -274,6 +280,8 @@ def scale_in_target(
         why = f"requirement known for {covered:.0f} s only (< {window - cfg.period_s:.0f} s)"
     elif last is not None and now - last < window:
         why = f"last scale-in {now - last:.0f} s ago (< {window:.0f} s)"
+    elif starting:
+        why = f"{starting} serving instances still starting"
     elif queued != 0:
         why = f"{queued} interactive requests queued"
     else:
@@ -480,7 +488,10 @@ class ChironPolicy:
         safety_net = queue_safety_net(snapshot, state, required.value, config, capacity.value)
         steps.append(safety_net)
         if safety_net.value is not None:
-            state = replace(state, last_queue_scale_out=snapshot.now)
+            # The backlog's instances enter the requirement history like demand's, so the scale-in window holds
+            # them: otherwise a moment with an empty lane (the worker has just taken a batch) undoes the scale-out.
+            history = required.value.history[:-1] + ((snapshot.now, max(required.value.instances, safety_net.value)),)
+            state = replace(state, last_queue_scale_out=snapshot.now, required=history)
             return self._to(snapshot, pool, safety_net, others, inputs, steps, config), state
         scale_out = scale_out_target(snapshot, required, config)
         steps.append(scale_out)

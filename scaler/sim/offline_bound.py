@@ -3,8 +3,10 @@
 Computed from the whole workload before the run, with the simulator's latency model and cold start:
 
 * serving (``mixed``) pool, per window: ceil(interactive prompt + output tokens arriving in the window /
-  window length / the interactive capacity per instance at the ITL SLO (:func:`instance_profile`)).
-  No headroom: an instance is planned at its full capacity.
+  window length / (the interactive capacity per instance at the ITL SLO (:func:`instance_profile`) ×
+  ``utilization``)). At ``utilization`` 1 (no headroom) the plan is a floor that its own replay does not
+  meet: arrivals inside a minute are bursty, and a standing queue halves the local autoscalers' batches.
+  The bench lowers ``utilization`` until the replay meets the SLOs (docs/scaler.md).
 * ``batch`` pool: jobs in deadline order (EDF) take the serving pool's spare engine time (an
   instance-window minus the interactive work on it) between their arrival and deadline, then whole
   batch instance-windows (``window_s`` of engine time each at the batch throughput per instance),
@@ -119,9 +121,12 @@ def offline_schedule(
     cold_start_s: float,
     window_s: float = 60.0,
     max_instances: int = 64,
+    utilization: float = 1.0,
 ) -> OfflineSchedule:
+    if not 0.0 < utilization <= 1.0:
+        raise ValueError(f"utilization must be in (0, 1], got {utilization}")
     tokens = interactive.context_tokens + interactive.generated_tokens
-    capacity = interactive_profile.interactive_tokens_per_s
+    capacity = interactive_profile.interactive_tokens_per_s * utilization
     serving, load = serving_need(interactive.arrival_s, tokens.astype(float), horizon_s, window_s, capacity)
     serving = np.minimum(serving, max_instances)
     # Engine time the serving pool has left per window, in batch-instance seconds.
@@ -141,7 +146,9 @@ def offline_schedule(
     instance_s = sum(sum(c) for c in counts.values()) * window_s
     inputs = {
         "window_s": window_s,
-        "interactive_capacity_tokens_per_s": capacity,
+        "utilization": utilization,
+        "interactive_capacity_tokens_per_s": interactive_profile.interactive_tokens_per_s,
+        "planned_tokens_per_s_per_instance": capacity,
         "batch_requests_per_s_per_instance": batch_profile.batch_rps,
         "batch_work_instance_hours": float(work_s.sum() / 3600.0),
         "batch_work_unplaced_s": float(left.sum()),

@@ -34,6 +34,7 @@ url, pool, worker_id, cold_start, drain_s = sys.argv[1], sys.argv[2], sys.argv[3
 client = redis.Redis.from_url(url)
 stopping = []
 signal.signal(signal.SIGTERM, lambda *_: stopping.append(time.time()))
+client.set("fake:cpus:" + worker_id, os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "unset"))
 time.sleep(cold_start)
 # Until SIGTERM: serve. After it: "finish the in-flight requests" for drain_s, saying so in the heartbeat.
 while not stopping or time.time() < stopping[0] + drain_s:
@@ -261,4 +262,20 @@ def test_live_kubernetes_actuator():
         assert not actuator.scale("batch", 1).changed
     finally:
         apps.delete_namespaced_deployment(manifest["metadata"]["name"], namespace)
+        actuator.close()
+
+
+def test_each_worker_engine_gets_the_least_used_cpu_set(db10, tmp_path):
+    """The CPU analogue of one GPU per worker: engines on separate cores, a freed core handed out again."""
+    actuator = LocalActuator(redis=db10, redis_url=REDIS_URL, command_factory=fake_command(cold_start=0.5),
+                             log_dir=tmp_path, host=HOST, drain_timeout_s=15, cwd=ROOT, cpu_slots=("0", "1"))
+    try:
+        first, second = actuator.scale("mixed", 2).started
+        wait_until(lambda: actuator.current("mixed").ready == 2, 60, "two workers")
+        cpus = {w: db10.get("fake:cpus:" + w).decode() for w in (first, second)}
+        assert cpus == {first: "0", second: "1"}
+        [third] = actuator.scale("batch", 1).started  # both cores hold one engine: the earliest again
+        wait_until(lambda: db10.get("fake:cpus:" + third) is not None, 30, "the third worker")
+        assert db10.get("fake:cpus:" + third).decode() == "0"
+    finally:
         actuator.close()

@@ -343,3 +343,18 @@ def test_docker_options_come_from_settings_without_host_paths():
     assert DockerConfig(**docker_options(Settings(docker_gpus_per_worker=0))).gpu_count is None
     spec = container_spec("mixed", 0, config, device_id="1")
     assert spec["image"] == "registry/sluice:1.2" and spec["network"] == "fleet"
+
+
+def test_default_cpu_slots_one_set_per_engine_unless_the_operator_binds():
+    from scaler.actuators.local import default_cpu_slots, least_used_slot
+    import os
+
+    cpus = sorted(os.sched_getaffinity(0))
+    slots = default_cpu_slots({})
+    assert slots == (tuple(str(c) for c in cpus) if len(cpus) > 1 else ())
+    assert default_cpu_slots({"VLLM_CPU_OMP_THREADS_BIND": "0-1"}) == ()  # the operator's binding stands
+    if len(cpus) >= 4:
+        assert default_cpu_slots({"OMP_NUM_THREADS": "2"})[0] == f"{cpus[0]},{cpus[1]}"
+    assert least_used_slot(("0", "1", "2"), ["0", "2"]) == "1"
+    assert least_used_slot(("0", "1"), ["0", "1"]) == "0"
+    assert least_used_slot(("0", "1"), ["0", "0", "1"]) == "1"

@@ -65,6 +65,20 @@ def test_offline_schedule_on_a_tiny_workload():
     assert s.counts["mixed"] == (3, 2, 2)
 
 
+def test_offline_schedule_at_a_lower_utilization_plans_more_instances_and_less_spare_time():
+    profile = InstanceProfile(interactive_rps=1.0, interactive_batch=10.0, batch_rps=2.0, mean_tokens=100.0)
+    arrival = np.concatenate([np.linspace(0, 59, 150), np.linspace(60, 119, 30), np.linspace(120, 179, 90)])
+    inter = _requests(arrival, 60, 40)
+    batch = _requests(np.zeros(120), 10, 5, deadline=180.0, job=0)
+    # At 0.5 an instance carries 50 tok/s: 250 -> 5, 50 -> 1, 150 -> 3, each full, so the job needs batch instances.
+    s = offline_schedule(inter, batch, 180.0, profile, profile, cold_start_s=0.0, window_s=60.0, utilization=0.5)
+    assert s.counts["mixed"] == (5, 1, 3)
+    assert sum(s.counts["batch"]) == 1
+    assert s.inputs["utilization"] == 0.5 and s.inputs["planned_tokens_per_s_per_instance"] == pytest.approx(50.0)
+    with pytest.raises(ValueError):
+        offline_schedule(inter, batch, 180.0, profile, profile, cold_start_s=0.0, utilization=0.0)
+
+
 def _snapshot(now, counts):
     pools = {p: PoolObservation(pool=p, ready=0, starting=c, draining=0) for p, c in counts.items()}  # no workers needed
     return ClusterSnapshot(now=now, observed_at=now, complete=True, pools=pools, workers=(), interactive=None, batch=None)

@@ -372,6 +372,33 @@ def test_scale_in_target_waits_for_a_full_quiet_window():
     assert recent.value is None and "60 s ago" in recent.reason
     queued = scale_in_target(snap(now=now, mixed=8, ws=workers("mixed", 8), queued=4), ChironState(), full, cfg)
     assert queued.value is None and "4 interactive requests queued" in queued.reason
+    starting = replace(s, pools={**s.pools, "mixed": PoolObservation(pool="mixed", ready=7, starting=1)})
+    held = scale_in_target(starting, ChironState(), full, cfg)
+    assert held.value is None and "1 serving instances still starting" in held.reason
+
+
+def test_a_queue_scale_out_is_held_through_the_scale_in_window():
+    # The safety net adds an instance; the lane then reads empty while the demand still asks for 1. The
+    # scale-in window must hold the safety net's target, not fall back to the demand's requirement.
+    cfg = ScalerConfig()
+    cfg.chiron.scale_in_stabilization_s = 20.0
+    cfg.chiron.period_s = 2.0
+    cfg.chiron.interactive_capacity_tokens_per_s_prior = 1e6  # demand alone needs one instance
+    policy, state = get_policy("chiron"), ChironState()
+    now = 1000.0
+    for _ in range(15):  # a quiet history covering the window: 1 required
+        now += 2.0
+        _, state = policy.decide(snap(now=now, mixed=1, ws=workers("mixed", 1)), state, cfg)
+    now += 2.0
+    decisions, state = policy.decide(snap(now=now, mixed=1, ws=workers("mixed", 1), queued=50, wait=5.0), state, cfg)
+    assert by_pool(decisions)["mixed"].target == 2 and "queue waited" in by_pool(decisions)["mixed"].reason
+    targets = []
+    for _ in range(20):  # 40 s: the new worker is up (ready), the lane is empty, demand still needs 1
+        now += 2.0
+        decisions, state = policy.decide(snap(now=now, mixed=2, ws=workers("mixed", 2)), state, cfg)
+        targets.append(by_pool(decisions)["mixed"].target)
+    first_in = targets.index(1)
+    assert first_in >= 8, targets  # held for the 20-s window after the scale-out, then scaled in
 
 
 def test_measure_batch_throughput_on_workers_at_their_limit():
