@@ -77,7 +77,11 @@ def profile(settings: Settings, base_url: str, *, concurrencies: list[int], step
     logging.getLogger("httpx").setLevel(logging.WARNING)
     client = sync_client(settings.require_redis_url())
     model = httpx.get(base_url + "/v1/models", timeout=30).json()["data"][0]["id"]
-    workers = interactive_workers(client, model)
+    # A worker whose host stalled for a moment lets its heartbeat lapse without being gone (the test suite saw
+    # one lapse 5 s on this 2-core host): wait up to two heartbeat TTLs for one before giving up.
+    deadline = time.monotonic() + 2 * settings.heartbeat_ttl_s
+    while (workers := interactive_workers(client, model)) == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
     if workers == 0:
         raise RuntimeError("no live worker consumes the interactive lane: start one (sluice worker) first")
     slo = settings.scaler.slo.itl_s
