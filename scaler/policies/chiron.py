@@ -490,7 +490,7 @@ class ChironPolicy:
         if safety_net.value is not None:
             # The backlog's instances enter the requirement history like demand's, so the scale-in window holds
             # them: otherwise a moment with an empty lane (the worker has just taken a batch) undoes the scale-out.
-            history = required.value.history[:-1] + ((snapshot.now, max(required.value.instances, safety_net.value)),)
+            history = required.value.history[:-1] + ((snapshot.now, safety_net.value),)  # >= the requirement
             state = replace(state, last_queue_scale_out=snapshot.now, required=history)
             return self._to(snapshot, pool, safety_net, others, inputs, steps, config), state
         scale_out = scale_out_target(snapshot, required, config)
