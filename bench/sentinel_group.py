@@ -90,20 +90,34 @@ class SentinelGroup:
         return port
 
     def restart(self, port: int) -> None:
-        """Start a killed server again on its port, with its old configuration: the sentinels find it
-        and make it a replica of the new master (what an operator's supervisor does)."""
+        """Start a killed server again on its port, as a replica of the master the sentinels name now.
+
+        That is what an operator's supervisor does (the Helm charts' start scripts ask the sentinels first):
+        started on its old configuration it would come back a second, empty master until the sentinels
+        convert it, about 10 s later on a quiet host (their 8 s grace plus the next INFO poll), and not
+        at all while they are in TILT mode after a host stall (CI saw 60 s pass without it)."""
         old = self.servers[port]
         old.reap()
         data = self.root / old.name
-        child = Child(old.name, old.argv, log_path=data / "valkey.log", append_log=True, cwd=data)
+        master = self.current_master()
+        argv = list(old.argv[:2])  # binary, config file: a replicaof from an earlier restart is dropped
+        if master and master[1] != port:
+            argv += ["--replicaof", master[0], str(master[1])]
+        child = Child(old.name, argv, log_path=data / "valkey.log", append_log=True, cwd=data)
         self.servers[port] = child
         client = redis.Redis(port=port, socket_connect_timeout=1, socket_timeout=1)
         wait_for(lambda: _answers(client), 15, old.name, interval=0.1, child=child)
 
     def wait_for_replica(self, timeout: float = 60) -> None:
-        """Wait until the master has a connected replica again."""
+        """Wait until the master has a connected replica again; on a timeout the sentinels' logs say why."""
         master = redis.Redis(port=self.master_port)
-        wait_for(lambda: master.info("replication")["connected_slaves"] >= 1, timeout, "a replica", interval=0.2)
+        try:
+            wait_for(lambda: master.info("replication")["connected_slaves"] >= 1, timeout, "a replica",
+                     interval=0.2)
+        except TimeoutError as error:
+            tails = "\n".join(f"--- {child.name}\n{child.log_tail()}" for child in
+                              [*self.servers.values(), *self.sentinels.values()])
+            raise TimeoutError(f"{error}\n{tails}") from None
 
     def wait_for_failover(self, timeout: float = 60) -> int:
         """Wait until the sentinels name the replica master and it takes writes; returns its port."""

@@ -119,8 +119,8 @@ def test_broker_continues_on_the_promoted_replica_under_load(group, tmp_path):
         before = len(published)
         old_master = group.kill_master()
         group.wait_for_failover()
-        # The old master comes back (as its supervisor would start it) and the sentinels make it the
-        # new master's replica: until then a publish waits its WAIT timeout out (no replica to wait for).
+        # The old master comes back as the new master's replica (its supervisor asks the sentinels which
+        # server is master): until then a publish waits its WAIT timeout out (no replica to wait for).
         group.restart(old_master)
         group.wait_for_replica()
         # Load goes on across the failover, and after it.
