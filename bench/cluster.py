@@ -364,12 +364,15 @@ def apply_workload_tuning(setup: BenchSetup) -> dict:
 
 # ServeGen settings (docs/scaler.md, "Results on servegen-day", every value from a full-day sweep): Chiron plans at
 # 0.8 of the simulated load test's capacity on 60-s mean arrival rates (single 5-s periods, held for the scale-in
-# window, planned for ServeGen's per-client bursts: 3,809 GPU-h; 120-s means or target 0.9 pass 12 actions/h);
+# window, planned for ServeGen's per-client bursts: 3,809 GPU-h; 120-s means or target 0.9 pass 12 actions/h) and
+# scales in at most every 720 s (600 s: 10.0 actions/h on the day and 12.6 on the week; 720 s: 8.8 for +1.0% GPU-h;
+# 900 s: 7.5 for +3.2%);
 # `static` is the fewest mixed instances reaching 99% of both SLOs (21 misses batch deadlines: 98.8%); HPA and KEDA
 # take the least costly target of their sweeps that still meets 99% of both (HPA 0.6 and KEDA 40/replica miss).
 SERVEGEN_TUNING: dict = {
     "chiron.target_utilization": 0.8,
     "chiron.demand_smoothing_s": 60.0,
+    "chiron.scale_in_stabilization_s": 720.0,
     "static.counts": {"mixed": 22, "batch": 0, "interactive": 0},
     "utilization.target_utilization": 0.5,
     "queue.interactive_target_per_replica": 30.0,
