@@ -95,7 +95,7 @@ class SentinelGroup:
         That is what an operator's supervisor does (the Helm charts' start scripts ask the sentinels first):
         started on its old configuration it would come back a second, empty master until the sentinels
         convert it, about 10 s later on a quiet host (their 8 s grace plus the next INFO poll), and not
-        at all while they are in TILT mode after a host stall (CI saw 60 s pass without it)."""
+        at all while they are in TILT mode after a host stall (most likely why CI once saw 60 s pass without it)."""
         old = self.servers[port]
         old.reap()
         data = self.root / old.name
