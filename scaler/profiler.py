@@ -21,6 +21,7 @@ import numpy as np
 
 from broker.capacity import CapacityProfile, ProfileStep, write_profile
 from broker.heartbeat import read_heartbeats
+from core.processes import wait_for
 from core.redis_clients import sync_client
 from core.settings import Settings
 from scaler.capacity_profile import capacity_at_slo, should_stop
@@ -79,11 +80,11 @@ def profile(settings: Settings, base_url: str, *, concurrencies: list[int], step
     model = httpx.get(base_url + "/v1/models", timeout=30).json()["data"][0]["id"]
     # A worker whose host stalled for a moment lets its heartbeat lapse without being gone (the test suite saw
     # one lapse 5 s on this 2-core host): wait up to two heartbeat TTLs for one before giving up.
-    deadline = time.monotonic() + 2 * settings.heartbeat_ttl_s
-    while (workers := interactive_workers(client, model)) == 0 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    if workers == 0:
-        raise RuntimeError("no live worker consumes the interactive lane: start one (sluice worker) first")
+    try:
+        workers = wait_for(lambda: interactive_workers(client, model), 2 * settings.heartbeat_ttl_s,
+                           "a live interactive worker")
+    except TimeoutError:
+        raise RuntimeError("no live worker consumes the interactive lane: start one (sluice worker) first") from None
     slo = settings.scaler.slo.itl_s
     warmup_s = min(2.0, step_s / 4)
     steps = []
