@@ -11,6 +11,10 @@ a follower that has already handed tokens of the old attempt to a client
 cannot rewind them, so it ends with a clear error (:class:`WorkerLost`); one
 that has sent nothing simply follows the new attempt.
 
+Events arrive at least once: a worker's publish that Redis applied just before a restart, and whose reply
+was lost, is retried by its client and lands twice.  A follower therefore skips a repeated ``start`` of its
+attempt and a ``delta`` whose ``offset`` (the tokens its attempt published before it) it has passed.
+
 A Redis outage is an expected state: the hub keeps each stream's last event id and, once Redis answers
 again, reads on from there, so a follower misses nothing.  A follower whose events have been unreadable
 for ``outage_s`` ends with :class:`EventsUnavailable` (a clear SSE error) instead of waiting on.
@@ -138,6 +142,7 @@ async def follow(hub: EventHub, request_id: str, *, timeout_s: float, tokens_sen
     await hub.wake()
     attempt = None
     worker = None
+    next_offset = 0  # tokens of the current attempt yielded so far
     worker_absent_since = None
     deadline = time.monotonic() + timeout_s
     try:
@@ -176,15 +181,21 @@ async def follow(hub: EventHub, request_id: str, *, timeout_s: float, tokens_sen
             worker_absent_since = None
             kind = event["type"]
             if kind == "start":
-                if attempt is not None and event["attempt"] != attempt and tokens_sent():
+                if attempt is not None and event["attempt"] <= attempt:
+                    continue  # the same start written twice (a retried publish), or a stale attempt's
+                if attempt is not None and tokens_sent():
                     raise WorkerLost(
                         f"worker {worker} was lost mid-generation; the request is being re-run on another "
                         "worker, but a stream cannot be rewound: retry the request")
-                attempt, worker = event["attempt"], event["worker"]
+                attempt, worker, next_offset = event["attempt"], event["worker"], 0
                 yield event
             elif attempt is not None and event.get("attempt") != attempt:
                 continue  # a stale attempt still draining after its redelivery
             elif kind == "delta":
+                offset = event.get("offset", next_offset)
+                if offset < next_offset:
+                    continue  # a delta written twice (a retried publish): its tokens went out already
+                next_offset = offset + event["tokens"]
                 yield event
             elif kind == "done":
                 yield event

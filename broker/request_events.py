@@ -5,6 +5,9 @@ Each entry has one field, ``event``: a JSON object with a ``type`` — ``start``
 publish ``start`` and ``delta`` with :func:`publish`; the terminal events (``done``, ``error``,
 ``preempted``) are written by the request ledger (:mod:`broker.ledger`) in the same atomic step as the
 request's state, with :func:`encode_event`.
+
+A ``delta`` also carries its ``offset``: the tokens its attempt published before it.  ``publish`` is not
+idempotent (a client retry after a lost reply appends the event again), so readers drop the repeats by it.
 """
 
 from __future__ import annotations

@@ -35,12 +35,17 @@ class DeltaCoalescer:
     (the client's TTFT), later ones together. One Redis write per engine step and request cost the worker's
     process enough CPU, beside its engine, to starve its Celery loop on a small host (an interactive arrival
     was not read for seconds while a streamed request generated); at GPU step times an event still carries
-    one or two tokens."""
+    one or two tokens.
+
+    Each event carries its ``offset``, the tokens the attempt published before it: a publish that Redis
+    applied but whose reply was lost (a restart between the two) is retried by the client and lands twice,
+    and the follower drops the second copy by its offset (api/events.py)."""
 
     def __init__(self, interval_s: float):
         self.interval_s = interval_s
         self.parts: list[str] = []
         self.tokens = 0
+        self.published_tokens = 0
         self.last_sent_at: float | None = None
 
     def add(self, text: str, tokens: int, now: float) -> dict | None:
@@ -55,7 +60,8 @@ class DeltaCoalescer:
         """What is gathered, as one event (None when nothing is)."""
         if not self.tokens:
             return None
-        event = {"text": "".join(self.parts), "tokens": self.tokens}
+        event = {"text": "".join(self.parts), "tokens": self.tokens, "offset": self.published_tokens}
+        self.published_tokens += self.tokens
         self.parts, self.tokens, self.last_sent_at = [], 0, now
         return event
 

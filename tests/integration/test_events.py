@@ -70,3 +70,31 @@ def test_another_attempt_starting_ends_the_stream_at_once(any_redis_url):
 
     with pytest.raises(WorkerLost, match="was lost"):  # not a timeout, and not the heartbeat check
         asyncio.run(follow_while(any_redis_url, "moved", redelivered_elsewhere))
+
+
+def test_events_written_twice_by_a_retried_publish_reach_the_client_once(any_redis_url):
+    """Redis applied a publish and died before replying; the worker's client retried it, so the stream holds
+    the event twice (what a Redis restart under load left in the chaos bench)."""
+    async def scenario() -> list[dict]:
+        client = aioredis.Redis.from_url(any_redis_url)
+        hub = EventHub(client)
+        reader = asyncio.create_task(hub.run())
+        request_id = "written-twice"
+        try:
+            await client.delete(keys.request_events_key(request_id))
+            start = {"type": "start", "attempt": 1, "worker": WORKER}
+            first = {"type": "delta", "attempt": 1, "text": "a", "tokens": 1, "offset": 0}
+            second = {"type": "delta", "attempt": 1, "text": "bc", "tokens": 2, "offset": 1}
+            for event in (start, start, first, first, second, second,
+                          {"type": "delta", "attempt": 1, "text": "d", "tokens": 1, "offset": 3},
+                          {"type": "done", "attempt": 1, "output_tokens": 4}):
+                await publish(client, request_id, event)
+            return [event async for event in follow(hub, request_id, timeout_s=30, tokens_sent=lambda: True)]
+        finally:
+            reader.cancel()
+            await hub.close()
+            await client.aclose()
+
+    seen = asyncio.run(scenario())
+    assert [event["type"] for event in seen] == ["start", "delta", "delta", "delta", "done"]
+    assert "".join(event["text"] for event in seen if event["type"] == "delta") == "abcd"
