@@ -66,3 +66,26 @@ def test_proxy_tau_is_of_what_ssjf_ranks_by_the_prediction_capped_at_max_tokens(
                 BenchRequest("c", "c", 1, 900, max_tokens=1900), BenchRequest("d", "d", 1, 256, max_tokens=256)]
     # Capped at 64, 128, 256 and (uncapped) 500: the caps alone rank the four as their true lengths do.
     assert ssjf.kendall_tau_of_proxy(requests) == pytest.approx(1.0)
+
+
+def test_a_slow_host_gets_shorter_answers_so_a_round_still_queues_beyond_the_slots():
+    from bench.ssjf import QUEUE_ROUND_SLOTS, round_size_and_length_scale
+
+    # A fast host: its rounds hold more than 6 x 16 full-length requests.
+    fast = round_size_and_length_scale(4000.0, 500.0, 16, 600.0, 4)
+    assert fast[1] == 1.0 and fast[0] >= QUEUE_ROUND_SLOTS * 16  # nothing scaled
+    # The 2026-12-07 host: 302 tokens/s, mean 471 tokens, ~400 s left -> 16 full-length requests a round.
+    per_round, scale = round_size_and_length_scale(302.0, 471.0, 16, 400.0, 4)
+    assert 0.1 < scale < 0.25
+    assert per_round >= QUEUE_ROUND_SLOTS * 16 * 0.9  # the tail term is not scaled away entirely
+    # An explicit scale is kept (within its bounds).
+    assert round_size_and_length_scale(302.0, 471.0, 16, 400.0, 4, requested_scale=1.0) == (16, 1.0)
+
+
+def test_scaling_lengths_keeps_what_the_client_sends_and_at_least_one_token():
+    from bench.ssjf import scale_lengths
+
+    requests = [BenchRequest("a", "p", 3, 400, max_tokens=512), BenchRequest("b", "p", 3, 3, max_tokens=None)]
+    assert scale_lengths(requests, 0.1) == [BenchRequest("a", "p", 3, 40, max_tokens=512),
+                                            BenchRequest("b", "p", 3, 1, max_tokens=None)]
+    assert scale_lengths(requests, 1.0) == requests
