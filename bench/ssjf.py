@@ -8,9 +8,10 @@ answer lengths; ``arena``: Chatbot Arena with gpt-4-0314's), each length enforce
 ``sluice.bench_output_tokens`` (the queue policy sees only ``max_tokens``: the context's room, or for a
 ``--capped-share`` of clients a cap from 64-512), arriving at the Azure ``conv`` trace's inter-arrival times
 rescaled so the offered load is ``--load`` x the worker's measured capacity. The requests per round follow
-from that capacity and ``--budget-minutes``. Each figure comes with a 95% interval from the rounds'
-paired results (bench.ssjf_stats); beside the live numbers the report gives a throughput-normalized
-view and bench.queue_model's noise-free model of the same schedules."""
+from that capacity and ``--budget-minutes``; on a host too slow for a round to queue beyond the worker's
+slots at full length, every answer is shortened by one factor (``--length-scale``). Each figure comes with
+a 95% interval from the rounds' paired results (bench.ssjf_stats); beside the live numbers the report
+gives a throughput-normalized view and bench.queue_model's noise-free model of the same schedules."""
 
 from __future__ import annotations
 
@@ -281,11 +282,9 @@ def run_ssjf_bench(*, requests: int | None = None, modes=("continuous",), admiss
                 per_round, scale = round_size_and_length_scale(capacity_tokens, mean_tokens, slots, seconds_left,
                                                                rounds, length_scale)
             scaled_candidates = scale_lengths(candidates, scale)
+            scaled_mean_tokens = float(np.mean([r.true_output_tokens for r in scaled_candidates]))
             full_length_capacity_tokens = capacity_tokens
             if scale < 1.0:
-                log.info("%s: every answer length x %.3f (mean %.0f tokens instead of %.0f) so that a round of %d "
-                         "requests fits the budget and queues beyond the %d slots", mode, scale, scale * mean_tokens,
-                         mean_tokens, per_round, slots)
                 # Short answers spend more of the worker's time per token outside decoding (admission, prefill,
                 # events): the load is offered against what the worker sustains on the answers replayed.
                 capacity_tokens = asyncio.run(measure_capacity(apis["fcfs"], scaled_candidates, burst=burst))
@@ -293,15 +292,17 @@ def run_ssjf_bench(*, requests: int | None = None, modes=("continuous",), admiss
                 if not requests:  # sized again from that capacity and the time now left
                     seconds_left = ((budget_minutes * 60 - (time.monotonic() - run_started))
                                     / (len(modes) - mode_index))
-                    per_round = requests_per_round(
-                        capacity_tokens, float(np.mean([r.true_output_tokens for r in scaled_candidates])), slots,
-                        seconds_left, rounds, floor=slots)
+                    per_round = requests_per_round(capacity_tokens, scaled_mean_tokens, slots, seconds_left, rounds,
+                                                   floor=slots)
+                log.info("%s: every answer length x %.3f (mean %.0f tokens instead of %.0f) so that a round of %d "
+                         "requests fits the budget and queues beyond the %d slots", mode, scale, scaled_mean_tokens,
+                         mean_tokens, per_round, slots)
             if per_round < 2 * slots:
                 log.warning("%s: %d requests a round (capacity %.2f req/s): the queue barely builds beyond the %d "
                             "slots, so the policies differ little; raise --budget-minutes or --requests", mode,
                             per_round, capacity, slots)
             # Arrivals of the requests replayed (their lengths scaled): the same share of the capacity.
-            capacity = capacity_tokens / float(np.mean([r.true_output_tokens for r in scaled_candidates]))
+            capacity = capacity_tokens / scaled_mean_tokens
             rate = load * capacity
             round_workloads, round_offsets, time_scales, loads = [], [], [], []
             for round_index in range(rounds):
